@@ -1,0 +1,45 @@
+# Boilerhouse: `make run` starts the whole system locally, `make test` runs every test.
+SHELL := /bin/bash
+MODULES := messages pkg services tools loadtest
+CACHE ?= $(HOME)/.cache/boilerhouse
+CONTROLLER_GEN_VERSION := v0.23.0
+CONTROLLER_GEN := $(CACHE)/bin/controller-gen-$(CONTROLLER_GEN_VERSION)
+GO_TEST_FLAGS ?= -count=1 -timeout 30m
+
+.PHONY: all build test unit vet tidy-check assets tools generate run bench clean
+
+all: build
+
+build:
+	go build $(MODULES:%=./%/...)
+
+# assets: kube-apiserver, etcd and kubectl, built once per version into $(CACHE).
+assets:
+	@tools/controlplane/install.sh >/dev/null
+
+tools: $(CONTROLLER_GEN)
+
+$(CONTROLLER_GEN):
+	@mkdir -p $(CACHE)/bin
+	@tmp=$$(mktemp -d) && GOBIN=$$tmp go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION) && mv $$tmp/controller-gen $@ && rmdir $$tmp
+
+generate: $(CONTROLLER_GEN)
+	cd pkg && $(CONTROLLER_GEN) object paths=./api/... crd:crdVersions=v1 paths=./api/... output:crd:artifacts:config=../deploy/crds
+
+vet:
+	go vet $(MODULES:%=./%/...)
+
+# Every module must build and tidy on its own, outside the workspace.
+tidy-check:
+	@for m in $(MODULES); do (cd $$m && GOWORK=off go mod tidy -diff >/dev/null) || { echo "$$m: go.mod/go.sum not tidy: run (cd $$m && GOWORK=off go mod tidy)"; exit 1; }; done
+
+test: assets tools tidy-check vet
+	CONTROLLER_GEN=$(CONTROLLER_GEN) KUBEBUILDER_ASSETS=$$(tools/controlplane/install.sh) \
+		go test $(GO_TEST_FLAGS) $(MODULES:%=./%/...)
+
+# unit: the tests that need neither the control plane nor controller-gen.
+unit:
+	go test $(GO_TEST_FLAGS) ./messages/... ./pkg/natsx/...
+
+clean:
+	rm -rf .devstack

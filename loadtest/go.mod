@@ -1,0 +1,3 @@
+module boilerhouse.dev/loadtest
+
+go 1.26.0

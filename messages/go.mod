@@ -1,0 +1,3 @@
+module boilerhouse.dev/messages
+
+go 1.26.0

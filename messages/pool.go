@@ -1,0 +1,60 @@
+package messages
+
+// AcquireRequest takes a ready instance from the workload's warm pool for a
+// claim (subject [SubjectPoolAcquire], reply [Instance]). It fails with
+// [CodeCapacityExhausted] when the pool has no ready instance, and the
+// claim-router then boots one cold.
+type AcquireRequest struct {
+	Workload string `json:"workload"`
+	TenantID string `json:"tenantId"`
+	// ClaimKey is the [ClaimKey] of the claim the instance is for, so that
+	// a retried acquire returns the same instance instead of a second one.
+	ClaimKey string `json:"claimKey"`
+}
+
+// Instance is one managed Pod as known to pool-manager's inventory.
+type Instance struct {
+	// InstanceID is the Pod name.
+	InstanceID string `json:"instanceId"`
+	Workload   string `json:"workloadRef"`
+	// Pool is the BoilerhousePool the instance was warmed for, if any.
+	Pool string `json:"pool,omitempty"`
+	// TenantID is set once the instance is bound to a tenant.
+	TenantID string    `json:"tenantId,omitempty"`
+	Endpoint *Endpoint `json:"endpoint,omitempty"`
+	// Ready is true when the Pod passes its readiness checks.
+	Ready bool `json:"ready"`
+	// Phase is pool-manager's inventory phase (e.g. warming, ready,
+	// acquired); free-form so it can evolve without a contract change.
+	Phase  string `json:"phase,omitempty"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// BootRequest boots a new instance for a claim when no pool instance is
+// available (subject [SubjectInstancesBoot], reply [Instance]).
+type BootRequest struct {
+	TenantID string `json:"tenantId"`
+	Workload string `json:"workload"`
+	// ClaimKey makes the boot idempotent per claim, as in [AcquireRequest].
+	ClaimKey string `json:"claimKey"`
+	// RestoreGeneration is the overlay generation that will be restored
+	// into the instance, 0 for none; recorded on the instance so that a
+	// later extract knows what it was restored from.
+	RestoreGeneration int64 `json:"restoreGeneration,omitempty"`
+}
+
+// RetireRequest removes an instance after its claim is released (subject
+// [SubjectInstancesRetire], reply [RetireReply]). Retiring an instance that
+// is already gone succeeds with Retired false.
+type RetireRequest struct {
+	InstanceID string `json:"instanceId"`
+	Workload   string `json:"workload"`
+	TenantID   string `json:"tenantId"`
+	Reason     string `json:"reason,omitempty"`
+}
+
+// RetireReply is the reply of [SubjectInstancesRetire].
+type RetireReply struct {
+	// Retired is false when the instance no longer existed.
+	Retired bool `json:"retired"`
+}

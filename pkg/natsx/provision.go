@@ -1,0 +1,194 @@
+package natsx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"boilerhouse.dev/messages"
+)
+
+// Defaults applied by [Provision] to zero fields of [ProvisionConfig].
+const (
+	DefaultReplicas      = 1
+	DefaultLeaseTTL      = 15 * time.Second
+	DefaultIdleMarkerTTL = time.Hour
+	DefaultEventsMaxAge  = 7 * 24 * time.Hour
+
+	// ClaimsHistory is how many revisions of each claim the claims bucket
+	// keeps.
+	ClaimsHistory = 5
+)
+
+// ProvisionConfig sizes the KV buckets and streams created by [Provision].
+// The zero value is the single-server setup.
+type ProvisionConfig struct {
+	// Replicas for every bucket and stream; default 1. Use 3 in a cluster so
+	// that the claims bucket survives the loss of a server.
+	Replicas int
+	// LeaseTTL is the age after which an entry of the leases bucket expires
+	// unless it was updated; default 15s.
+	LeaseTTL time.Duration
+	// IdleMarkerTTL is how long the idle bucket keeps the delete marker left
+	// when a key's per-key TTL expires, so that a watcher that was down at
+	// the time still sees it; default 1h, minimum 1s.
+	IdleMarkerTTL time.Duration
+	// EventsMaxAge is how long events stay in the events stream; default 7
+	// days.
+	EventsMaxAge time.Duration
+	// EventsMaxBytes caps the events stream's size (oldest dropped first);
+	// 0 means unlimited.
+	EventsMaxBytes int64
+}
+
+func (c ProvisionConfig) withDefaults() (ProvisionConfig, error) {
+	if c.Replicas == 0 {
+		c.Replicas = DefaultReplicas
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = DefaultLeaseTTL
+	}
+	if c.IdleMarkerTTL == 0 {
+		c.IdleMarkerTTL = DefaultIdleMarkerTTL
+	}
+	if c.EventsMaxAge == 0 {
+		c.EventsMaxAge = DefaultEventsMaxAge
+	}
+	if c.EventsMaxBytes == 0 {
+		c.EventsMaxBytes = -1
+	}
+	switch {
+	case c.Replicas < 1 || c.Replicas > 5:
+		return c, fmt.Errorf("natsx: provision: replicas must be 1..5, got %d", c.Replicas)
+	case c.LeaseTTL < 0:
+		return c, fmt.Errorf("natsx: provision: negative lease TTL %s", c.LeaseTTL)
+	case c.IdleMarkerTTL < time.Second:
+		return c, fmt.Errorf("natsx: provision: idle marker TTL must be at least 1s, got %s", c.IdleMarkerTTL)
+	case c.EventsMaxAge < 0:
+		return c, fmt.Errorf("natsx: provision: negative events max age %s", c.EventsMaxAge)
+	case c.EventsMaxBytes < -1:
+		return c, fmt.Errorf("natsx: provision: negative events max bytes %d", c.EventsMaxBytes)
+	}
+	return c, nil
+}
+
+// bucketConfigs lists every KV bucket the system uses.
+func bucketConfigs(c ProvisionConfig) []jetstream.KeyValueConfig {
+	return []jetstream.KeyValueConfig{
+		{
+			Bucket:      messages.BucketClaims,
+			Description: "Boilerhouse claim state, one key per (tenant, workload); source of truth",
+			History:     ClaimsHistory,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+		},
+		{
+			Bucket:      messages.BucketInstances,
+			Description: "Boilerhouse pool inventory",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+		},
+		{
+			Bucket:      messages.BucketLeases,
+			Description: "Boilerhouse single-writer leases",
+			History:     1,
+			TTL:         c.LeaseTTL,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+		},
+		{
+			Bucket:      messages.BucketIdle,
+			Description: "Boilerhouse idle deadlines (per-key TTL)",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+			// Enables per-message TTL (Create with jetstream.KeyTTL) and
+			// leaves a delete marker, seen by watchers, when a key expires.
+			LimitMarkerTTL: c.IdleMarkerTTL,
+		},
+	}
+}
+
+func eventsStreamConfig(c ProvisionConfig) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        messages.StreamEvents,
+		Description: "Boilerhouse claim, pool and instance transitions",
+		Subjects:    []string{messages.EventsWildcard},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+		MaxAge:      c.EventsMaxAge,
+		MaxBytes:    c.EventsMaxBytes,
+		MaxMsgs:     -1,
+	}
+}
+
+// Provision creates, or updates to the configuration below, every KV bucket
+// and stream Boilerhouse uses. It is idempotent and keeps existing data, so
+// every service may call it at start-up.
+//
+//   - KV claims: file, history 5, cfg.Replicas; must be in the default
+//     persist mode (checked; see the package doc for the sync policy).
+//   - KV instances: file, history 1.
+//   - KV leases: file, history 1, TTL cfg.LeaseTTL.
+//   - KV idle: file, history 1, per-key TTL enabled (LimitMarkerTTL), so that
+//     Create(ctx, key, val, jetstream.KeyTTL(d)) works and watchers receive
+//     a purge entry when the key expires.
+//   - stream BH_EVENTS on bh.v1.events.>: file, limits retention, MaxAge
+//     cfg.EventsMaxAge.
+func Provision(ctx context.Context, js jetstream.JetStream, cfg ProvisionConfig) error {
+	if js == nil {
+		return errors.New("natsx: provision: nil JetStream")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	for _, kvc := range bucketConfigs(cfg) {
+		kv, err := js.CreateOrUpdateKeyValue(ctx, kvc)
+		if err != nil {
+			return fmt.Errorf("natsx: provision KV bucket %q: %w", kvc.Bucket, err)
+		}
+		if kvc.Bucket == messages.BucketClaims {
+			if err := checkDurable(ctx, kv); err != nil {
+				return err
+			}
+		}
+	}
+	scfg := eventsStreamConfig(cfg)
+	if _, err := js.CreateOrUpdateStream(ctx, scfg); err != nil {
+		return fmt.Errorf("natsx: provision stream %q: %w", scfg.Name, err)
+	}
+	return nil
+}
+
+// checkDurable refuses a claims bucket whose stream acknowledges writes
+// before persisting them.
+func checkDurable(ctx context.Context, kv jetstream.KeyValue) error {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("natsx: provision KV bucket %q: status: %w", kv.Bucket(), err)
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return fmt.Errorf("natsx: provision KV bucket %q: unexpected status type %T", kv.Bucket(), st)
+	}
+	info := bs.StreamInfo()
+	if pm := info.Config.PersistMode; pm != jetstream.DefaultPersistMode {
+		return fmt.Errorf("natsx: provision KV bucket %q: stream %q has persist mode %s; the claims bucket must use the default persist mode (recreate it)", kv.Bucket(), info.Config.Name, pm)
+	}
+	return nil
+}
+
+// IsConflict reports whether err is an optimistic-concurrency conflict from
+// a KV write: a Create on a key that exists, or an Update (or Delete/Purge
+// with a last-revision check) with a stale revision. It covers both the
+// single-replica (code 10071) and replicated (code 10164) forms.
+func IsConflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+}

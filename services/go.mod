@@ -1,0 +1,3 @@
+module boilerhouse.dev/services
+
+go 1.26.0
