@@ -40,9 +40,12 @@ func TestJSONRoundTrip(t *testing.T) {
 		{"TenantView", &TenantView{TenantID: "org.acme", Claims: []ClaimView{view, {TenantID: "org.acme", Workload: "other", Phase: PhaseError, Detail: "boom"}}}},
 		{"TenantListRequest", &TenantListRequest{}},
 		{"TenantList", &TenantList{Tenants: []TenantView{{TenantID: "org.acme", Claims: []ClaimView{view}}, {TenantID: "b", Claims: []ClaimView{}}}}},
-		{"AcquireRequest", &AcquireRequest{Workload: "my-agent", TenantID: "org.acme", ClaimKey: ClaimKey("org.acme", "my-agent")}},
+		{"AcquireRequest", &AcquireRequest{Workload: "my-agent", TenantID: "org.acme", ClaimKey: ClaimKey("org.acme", "my-agent"), ClaimID: "c1"}},
+		{"ClaimRecord", &ClaimRecord{TenantID: "org.acme", Workload: "my-agent", ID: "c1", Phase: PhaseActive, InstanceID: "i-1",
+			Endpoint: &Endpoint{Host: "127.1.0.2", Port: 8080}, Source: SourceCold, ClaimedAt: &at, Resume: true, Detail: "d",
+			RestoredGeneration: 4, ReleaseReason: ReasonIdle, LastActivity: &later, CreatedAt: at, UpdatedAt: later, Deadline: later, Owner: "r1"}},
 		{"Instance", &inst},
-		{"BootRequest", &BootRequest{TenantID: "org.acme", Workload: "my-agent", ClaimKey: "org_2eacme.my-agent", RestoreGeneration: 3}},
+		{"BootRequest", &BootRequest{TenantID: "org.acme", Workload: "my-agent", ClaimKey: "org_2eacme.my-agent", ClaimID: "c1", RestoreGeneration: 3}},
 		{"RetireRequest", &RetireRequest{InstanceID: "i-1", Workload: "my-agent", TenantID: "org.acme", Reason: "released"}},
 		{"RetireReply", &RetireReply{Retired: true}},
 		{"Snapshot", &snap},
@@ -152,5 +155,16 @@ func TestWorkloadRefAlias(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(`{"tenantId":1}`), &c); err == nil {
 		t.Errorf("want type error for tenantId:1")
+	}
+}
+
+func TestClaimRecordView(t *testing.T) {
+	at := time.Date(2026, 4, 20, 10, 30, 0, 0, time.UTC)
+	r := ClaimRecord{TenantID: "alice", Workload: "w", ID: "x", Phase: PhaseActive, InstanceID: "i",
+		Endpoint: &Endpoint{Host: "h", Port: 1}, Source: SourcePool, ClaimedAt: &at, Detail: "d", Owner: "o"}
+	want := ClaimView{TenantID: "alice", Workload: "w", Phase: PhaseActive, InstanceID: "i",
+		Endpoint: &Endpoint{Host: "h", Port: 1}, Source: SourcePool, ClaimedAt: &at, Detail: "d"}
+	if got := r.View(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("View() = %+v, want %+v", got, want)
 	}
 }

@@ -7,9 +7,11 @@ package messages
 type AcquireRequest struct {
 	Workload string `json:"workload"`
 	TenantID string `json:"tenantId"`
-	// ClaimKey is the [ClaimKey] of the claim the instance is for, so that
-	// a retried acquire returns the same instance instead of a second one.
+	// ClaimKey is the [ClaimKey] of the claim the instance is for.
 	ClaimKey string `json:"claimKey"`
+	// ClaimID identifies one life of that claim, so that a retried acquire
+	// returns the same instance instead of a second one.
+	ClaimID string `json:"claimId"`
 }
 
 // Instance is one managed Pod as known to pool-manager's inventory.
@@ -35,8 +37,10 @@ type Instance struct {
 type BootRequest struct {
 	TenantID string `json:"tenantId"`
 	Workload string `json:"workload"`
-	// ClaimKey makes the boot idempotent per claim, as in [AcquireRequest].
 	ClaimKey string `json:"claimKey"`
+	// ClaimID names the instance deterministically, so a retried boot finds
+	// the Pod it created before instead of creating a second one.
+	ClaimID string `json:"claimId"`
 	// RestoreGeneration is the overlay generation that will be restored
 	// into the instance, 0 for none; recorded on the instance so that a
 	// later extract knows what it was restored from.

@@ -1,0 +1,50 @@
+package messages
+
+import "time"
+
+// ClaimRecord is the value stored under [ClaimKey] in [BucketClaims]: the
+// source of truth for one (tenant, workload) claim. claim-router writes it,
+// every write a compare-and-set on the key's revision; other services
+// (cr-sync, idle-reaper) watch it.
+type ClaimRecord struct {
+	TenantID string `json:"tenantId"`
+	Workload string `json:"workload"`
+	// ID is new for each life of the claim (each Pending), so that steps
+	// retried after a crash (acquire, boot) stay idempotent.
+	ID         string      `json:"id"`
+	Phase      ClaimPhase  `json:"phase"`
+	InstanceID string      `json:"instanceId,omitempty"`
+	Endpoint   *Endpoint   `json:"endpoint,omitempty"`
+	Source     ClaimSource `json:"source,omitempty"`
+	ClaimedAt  *time.Time  `json:"claimedAt,omitempty"`
+	Resume     bool        `json:"resume"`
+	Detail     string      `json:"detail,omitempty"`
+	// RestoredGeneration is the overlay generation restored into the
+	// instance (0: none), so a release never replaces good data with a
+	// state that was not restored from it.
+	RestoredGeneration int64         `json:"restoredGeneration,omitempty"`
+	ReleaseReason      ReleaseReason `json:"releaseReason,omitempty"`
+	LastActivity       *time.Time    `json:"lastActivity,omitempty"`
+	CreatedAt          time.Time     `json:"createdAt"`
+	UpdatedAt          time.Time     `json:"updatedAt"`
+	// Deadline is when a Pending claim turns Error, or a Releasing one is
+	// retried by another router.
+	Deadline time.Time `json:"deadline,omitempty"`
+	// Owner is the claim-router replica driving the claim; another replica
+	// takes over once UpdatedAt is stale.
+	Owner string `json:"owner,omitempty"`
+}
+
+// View is the claim as clients see it.
+func (r ClaimRecord) View() ClaimView {
+	return ClaimView{
+		TenantID:   r.TenantID,
+		Workload:   r.Workload,
+		Phase:      r.Phase,
+		InstanceID: r.InstanceID,
+		Endpoint:   r.Endpoint,
+		Source:     r.Source,
+		ClaimedAt:  r.ClaimedAt,
+		Detail:     r.Detail,
+	}
+}
