@@ -4,6 +4,8 @@ MODULES := messages pkg services tools loadtest
 CACHE ?= $(HOME)/.cache/boilerhouse
 CONTROLLER_GEN_VERSION := v0.23.0
 CONTROLLER_GEN := $(CACHE)/bin/controller-gen-$(CONTROLLER_GEN_VERSION)
+NATSCLI_VERSION := v0.5.0
+NATSCLI := $(CACHE)/bin/nats-$(NATSCLI_VERSION)
 GO_TEST_FLAGS ?= -count=1 -timeout 30m
 
 .PHONY: all build test unit vet tidy-check assets tools generate run bench clean
@@ -17,11 +19,17 @@ build:
 assets:
 	@tools/controlplane/install.sh >/dev/null
 
-tools: $(CONTROLLER_GEN)
+# tools: controller-gen (code generation) and the nats CLI (README commands, e2e test).
+tools: $(CONTROLLER_GEN) $(NATSCLI)
 
 $(CONTROLLER_GEN):
 	@mkdir -p $(CACHE)/bin
 	@tmp=$$(mktemp -d) && GOBIN=$$tmp go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION) && mv $$tmp/controller-gen $@ && rmdir $$tmp
+
+$(NATSCLI):
+	@mkdir -p $(CACHE)/bin
+	@echo "installing the nats CLI $(NATSCLI_VERSION) (about a minute the first time)"
+	@tmp=$$(mktemp -d) && GOBIN=$$tmp go install github.com/nats-io/natscli/nats@$(NATSCLI_VERSION) && mv $$tmp/nats $@ && rmdir $$tmp
 
 generate: $(CONTROLLER_GEN)
 	cd pkg && $(CONTROLLER_GEN) object paths=./api/... crd:crdVersions=v1 paths=./api/... output:crd:artifacts:config=../deploy/crds
@@ -34,12 +42,22 @@ tidy-check:
 	@for m in $(MODULES); do (cd $$m && GOWORK=off go mod tidy -diff >/dev/null) || { echo "$$m: go.mod/go.sum not tidy: run (cd $$m && GOWORK=off go mod tidy)"; exit 1; }; done
 
 test: assets tools tidy-check vet
-	CONTROLLER_GEN=$(CONTROLLER_GEN) KUBEBUILDER_ASSETS=$$(tools/controlplane/install.sh) \
+	CONTROLLER_GEN=$(CONTROLLER_GEN) NATS_CLI=$(NATSCLI) KUBEBUILDER_ASSETS=$$(tools/controlplane/install.sh) \
 		go test $(GO_TEST_FLAGS) $(MODULES:%=./%/...)
 
 # unit: the tests that need neither the control plane nor controller-gen.
 unit:
 	go test $(GO_TEST_FLAGS) ./messages/... ./pkg/natsx/...
+
+# run: the whole system on the embedded default (Ctrl-C stops it).
+run: assets tools
+	@mkdir -p .devstack
+	go build -o .devstack/devstack ./tools/cmd/devstack
+	./.devstack/devstack
+
+# bench: the standard load scenario against a fresh dev stack; figures go to docs/benchmarks.md.
+bench: assets tools
+	loadtest/bench.sh
 
 clean:
 	rm -rf .devstack
