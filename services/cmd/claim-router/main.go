@@ -1,0 +1,146 @@
+// Command claim-router runs the Boilerhouse claim-router: it serves
+// bh.v1.claims.* and bh.v1.tenants.* over NATS and keeps claim state in the
+// JetStream KV bucket "claims" (see docs/claim-path.md).
+//
+// Flags (each also read from the environment variable in brackets):
+//
+//	-nats-url        NATS server URL(s)                 [NATS_URL, default nats://127.0.0.1:4222]
+//	-replica-id      owner name of this replica         [CLAIM_ROUTER_REPLICA_ID, default random]
+//	-claim-timeout   how long a claim may stay Pending  [CLAIM_ROUTER_CLAIM_TIMEOUT, default 2m]
+//	-stale-after     takeover age of an owner's refresh [CLAIM_ROUTER_STALE_AFTER, default 15s]
+//	-sweep-interval  recovery scan period               [CLAIM_ROUTER_SWEEP_INTERVAL, default 5s]
+//	-workers         concurrent sagas                   [CLAIM_ROUTER_WORKERS, default 256]
+//	-provision       create/update buckets and streams  [CLAIM_ROUTER_PROVISION, default true]
+//	-stream-replicas replicas of what -provision makes  [NATS_STREAM_REPLICAS, default 1; 3 in a cluster]
+//	-log-level       debug, info, warn or error         [LOG_LEVEL, default info]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/run"
+
+	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/services/claimrouter"
+)
+
+func main() {
+	if err := mainErr(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "claim-router:", err)
+		os.Exit(1)
+	}
+}
+
+func mainErr(args []string) error {
+	fs := flag.NewFlagSet("claim-router", flag.ContinueOnError)
+	natsURL := fs.String("nats-url", env("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated")
+	replica := fs.String("replica-id", env("CLAIM_ROUTER_REPLICA_ID", ""), "owner name of this replica (default random)")
+	claimTimeout := fs.Duration("claim-timeout", envDuration("CLAIM_ROUTER_CLAIM_TIMEOUT", claimrouter.DefaultClaimTimeout), "how long a claim may stay Pending")
+	staleAfter := fs.Duration("stale-after", envDuration("CLAIM_ROUTER_STALE_AFTER", claimrouter.DefaultStaleAfter), "age of an owner's last refresh after which its claim is taken over")
+	sweep := fs.Duration("sweep-interval", envDuration("CLAIM_ROUTER_SWEEP_INTERVAL", claimrouter.DefaultSweepInterval), "how often claims are scanned for takeover and expiry")
+	workers := fs.Int("workers", envInt("CLAIM_ROUTER_WORKERS", claimrouter.DefaultWorkers), "sagas running at once")
+	provision := fs.Bool("provision", envBool("CLAIM_ROUTER_PROVISION", true), "create or update the KV buckets and streams at start")
+	replicas := fs.Int("stream-replicas", envInt("NATS_STREAM_REPLICAS", natsx.DefaultReplicas), "replicas of the buckets and streams created by -provision (3 in a cluster)")
+	level := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("log level %q: %w", *level, err)
+	}
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	slog.SetDefault(logger)
+
+	nc, err := natsx.Connect(*natsURL, nats.Name("claim-router"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if *provision {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := natsx.Provision(ctx, js, natsx.ProvisionConfig{Replicas: *replicas})
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	router, err := claimrouter.New(claimrouter.Config{
+		Conn:          nc,
+		JetStream:     js,
+		ReplicaID:     *replica,
+		ClaimTimeout:  *claimTimeout,
+		StaleAfter:    *staleAfter,
+		SweepInterval: *sweep,
+		Workers:       *workers,
+		Logger:        logger,
+	})
+	if err != nil {
+		return err
+	}
+
+	var g run.Group
+	{
+		ctx, cancel := context.WithCancel(context.Background())
+		g.Add(func() error { return router.Run(ctx) }, func(error) { cancel() })
+	}
+	g.Add(run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM))
+	err = g.Run()
+	if errors.Is(err, run.ErrSignal) {
+		logger.Info("claim-router stopped", "reason", err.Error())
+		return nil
+	}
+	return err
+}
+
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v := env(name, ""); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
+		fmt.Fprintf(os.Stderr, "claim-router: ignoring %s=%q: not a duration\n", name, v)
+	}
+	return def
+}
+
+func envInt(name string, def int) int {
+	if v := env(name, ""); v != "" {
+		if n, err := strconv.Atoi(v); err == nil {
+			return n
+		}
+		fmt.Fprintf(os.Stderr, "claim-router: ignoring %s=%q: not an integer\n", name, v)
+	}
+	return def
+}
+
+func envBool(name string, def bool) bool {
+	if v := env(name, ""); v != "" {
+		if b, err := strconv.ParseBool(v); err == nil {
+			return b
+		}
+		fmt.Fprintf(os.Stderr, "claim-router: ignoring %s=%q: not a boolean\n", name, v)
+	}
+	return def
+}
