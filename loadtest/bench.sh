@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The standard benchmark (make bench): a fresh dev stack, a pool sized for the load, then
+#   1. pool claims through REST, 200/s for 30 s, a new tenant per claim;
+#   2. existing claims through REST, 200/s for 10 s over 100 tenants already claimed;
+#   3. pool claims over NATS (claim-router directly), 200/s for 10 s.
+# Figures are written to docs/benchmarks.md with the command lines that produced them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATE=${RATE:-200}
+SECONDS_POOL=${SECONDS_POOL:-30}
+POOL=${POOL:-$((RATE * (SECONDS_POOL + 10) + 200))}
+out=docs/benchmarks.md
+work=$(mktemp -d)
+go build -o "$work/devstack" ./tools/cmd/devstack
+go build -o "$work/loadgen" ./loadtest/cmd/loadgen
+"$work/devstack" -state "$work/.devstack" -examples=true >"$work/stdout" 2>"$work/stack.log" &
+pid=$!
+trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+until curl -sf localhost:3000/api/v1/health >/dev/null; do
+  kill -0 $pid 2>/dev/null || { tail -50 "$work/stack.log"; exit 1; }
+  sleep 0.5
+done
+echo "bench: filling pool 'bench' to $POOL Pods"
+curl -sf -X POST localhost:3000/api/v1/pools -H 'Content-Type: application/json' \
+  -d "{\"name\":\"bench\",\"spec\":{\"workloadRef\":\"demo\",\"size\":$POOL,\"maxFillConcurrency\":200}}" >/dev/null
+start=$(date +%s)
+while :; do
+  ready=$(curl -sf localhost:3000/api/v1/pools/bench | jq .status.ready)
+  [ "$ready" -ge "$POOL" ] && break
+  echo "bench: $ready/$POOL ready after $(( $(date +%s) - start ))s"
+  sleep 5
+done
+fill=$(( $(date +%s) - start ))
+{
+  echo "# Benchmarks"
+  echo
+  echo "Written by \`make bench\` (loadtest/bench.sh) on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(go version | cut -d' ' -f3)."
+  echo "One process runs everything (\`make run\`'s binary): embedded NATS with SyncAlways, a local"
+  echo "kube-apiserver and etcd, the dev node, all services. The load generator is open-loop: latency"
+  echo "counts from each claim's scheduled start. Pool '$POOL' Pods filled in ${fill}s before the runs."
+  echo
+  echo "## 1. Pool claims through REST ($RATE/s for ${SECONDS_POOL}s, a new tenant each)"
+  echo
+} >"$out"
+"$work/loadgen" -target rest -workload demo -rate "$RATE" -duration "${SECONDS_POOL}s" -prefix pool -out "$out"
+{ echo; echo "## 2. Existing claims through REST ($RATE/s for 10s over 100 tenants)"; echo; } >>"$out"
+"$work/loadgen" -target rest -workload demo -rate 20 -duration 5s -prefix warm >/dev/null
+"$work/loadgen" -target rest -workload demo -rate "$RATE" -duration 10s -tenants 100 -prefix warm -out "$out"
+{ echo; echo "## 3. Pool claims over NATS ($RATE/s for 10s, a new tenant each)"; echo; } >>"$out"
+"$work/loadgen" -target nats -workload demo -rate "$RATE" -duration 10s -prefix natspool -out "$out"
+echo "bench: wrote $out"

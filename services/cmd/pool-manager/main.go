@@ -1,0 +1,166 @@
+// Command pool-manager runs the Boilerhouse pool-manager: warm pools per BoilerhousePool, cold
+// boots and retirement of instances, served over NATS (bh.v1.pool.acquire,
+// bh.v1.instances.boot, bh.v1.instances.retire) with the acquisition ledger in the JetStream
+// KV bucket "instances" (see docs/claim-path.md).
+//
+// Flags (each also read from the environment variable in brackets):
+//
+//	-nats-url        NATS server URL(s)                       [NATS_URL, default nats://127.0.0.1:4222]
+//	-kubeconfig      kubeconfig file; empty: in-cluster config [KUBECONFIG]
+//	-namespace       namespace of workloads, pools and Pods   [BOILERHOUSE_NAMESPACE, default boilerhouse]
+//	-replica-id      name of this replica                     [POOL_MANAGER_REPLICA_ID, default hostname]
+//	-leader-elect    run the reconcilers on one replica only  [POOL_MANAGER_LEADER_ELECT, default true]
+//	-boot-timeout    how long a boot waits for Ready          [POOL_MANAGER_BOOT_TIMEOUT, default 2m]
+//	-warming-timeout replace pool Pods unready for this long  [POOL_MANAGER_WARMING_TIMEOUT, default 5m]
+//	-metrics-addr    Prometheus metrics listener, 0: none     [POOL_MANAGER_METRICS_ADDR, default :9090]
+//	-health-addr     /healthz and /readyz listener, 0: none   [POOL_MANAGER_HEALTH_ADDR, default :9091]
+//	-provision       create/update buckets and streams        [POOL_MANAGER_PROVISION, default true]
+//	-log-level       debug, info, warn or error               [LOG_LEVEL, default info]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/run"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/services/poolmanager"
+)
+
+func main() {
+	if err := mainErr(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "pool-manager:", err)
+		os.Exit(1)
+	}
+}
+
+func mainErr(args []string) error {
+	host, _ := os.Hostname()
+	fs := flag.NewFlagSet("pool-manager", flag.ContinueOnError)
+	natsURL := fs.String("nats-url", env("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated")
+	kubeconfig := fs.String("kubeconfig", env("KUBECONFIG", ""), "kubeconfig file (default: in-cluster configuration)")
+	namespace := fs.String("namespace", env("BOILERHOUSE_NAMESPACE", poolmanager.DefaultNamespace), "namespace of workloads, pools and Pods")
+	replica := fs.String("replica-id", env("POOL_MANAGER_REPLICA_ID", host), "name of this replica")
+	leaderElect := fs.Bool("leader-elect", envBool("POOL_MANAGER_LEADER_ELECT", true), "run the reconcilers on one replica at a time")
+	bootTimeout := fs.Duration("boot-timeout", envDuration("POOL_MANAGER_BOOT_TIMEOUT", poolmanager.DefaultBootTimeout), "how long a boot waits for its Pod to be Ready")
+	warmingTimeout := fs.Duration("warming-timeout", envDuration("POOL_MANAGER_WARMING_TIMEOUT", poolmanager.DefaultWarmingTimeout), "replace pool Pods that stay unready this long")
+	metricsAddr := fs.String("metrics-addr", env("POOL_MANAGER_METRICS_ADDR", ":9090"), "metrics listener address, 0 for none")
+	healthAddr := fs.String("health-addr", env("POOL_MANAGER_HEALTH_ADDR", ":9091"), "health probe listener address, 0 for none")
+	provision := fs.Bool("provision", envBool("POOL_MANAGER_PROVISION", true), "create or update the KV buckets and streams at start")
+	level := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("log level %q: %w", *level, err)
+	}
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	slog.SetDefault(logger)
+
+	restConfig, err := kubeConfig(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	nc, err := natsx.Connect(*natsURL, nats.Name("pool-manager"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	if *provision {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err = natsx.Provision(ctx, js, natsx.ProvisionConfig{})
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	m, err := poolmanager.New(poolmanager.Config{
+		RestConfig:     restConfig,
+		NATS:           nc,
+		Namespace:      *namespace,
+		Logger:         logger,
+		ReplicaID:      *replica,
+		LeaderElection: *leaderElect,
+		BootTimeout:    *bootTimeout,
+		WarmingTimeout: *warmingTimeout,
+		MetricsAddr:    *metricsAddr,
+		HealthAddr:     *healthAddr,
+	})
+	if err != nil {
+		return err
+	}
+
+	var g run.Group
+	{
+		ctx, cancel := context.WithCancel(context.Background())
+		g.Add(func() error { return m.Run(ctx) }, func(error) { cancel() })
+	}
+	g.Add(run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM))
+	err = g.Run()
+	if errors.Is(err, run.ErrSignal) {
+		logger.Info("pool-manager stopped", "reason", err.Error())
+		return nil
+	}
+	return err
+}
+
+// kubeConfig loads the kubeconfig file, or the in-cluster configuration when path is empty.
+func kubeConfig(path string) (*rest.Config, error) {
+	if path != "" {
+		c, err := clientcmd.BuildConfigFromFlags("", path)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+		}
+		return c, nil
+	}
+	c, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no -kubeconfig given and not running in a cluster: %w", err)
+	}
+	return c, nil
+}
+
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v := env(name, ""); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
+		fmt.Fprintf(os.Stderr, "pool-manager: ignoring %s=%q: not a duration\n", name, v)
+	}
+	return def
+}
+
+func envBool(name string, def bool) bool {
+	if v := env(name, ""); v != "" {
+		if b, err := strconv.ParseBool(v); err == nil {
+			return b
+		}
+		fmt.Fprintf(os.Stderr, "pool-manager: ignoring %s=%q: not a boolean\n", name, v)
+	}
+	return def
+}

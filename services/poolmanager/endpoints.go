@@ -1,0 +1,38 @@
+package poolmanager
+
+import (
+	"context"
+
+	"github.com/go-kit/kit/endpoint"
+
+	"boilerhouse.dev/messages"
+	"boilerhouse.dev/pkg/bus"
+)
+
+// Service is what pool-manager offers over NATS. *Manager implements it.
+type Service interface {
+	// Acquire takes a Ready pool instance for a claim (bh.v1.pool.acquire).
+	Acquire(ctx context.Context, req messages.AcquireRequest) (messages.Instance, error)
+	// Boot creates an instance for a claim and waits until it is Ready (bh.v1.instances.boot).
+	Boot(ctx context.Context, req messages.BootRequest) (messages.Instance, error)
+	// Retire deletes an instance (bh.v1.instances.retire).
+	Retire(ctx context.Context, req messages.RetireRequest) (messages.RetireReply, error)
+}
+
+var _ Service = (*Manager)(nil)
+
+// Endpoints are the go-kit endpoints of a Service.
+type Endpoints struct {
+	Acquire endpoint.Endpoint
+	Boot    endpoint.Endpoint
+	Retire  endpoint.Endpoint
+}
+
+// MakeEndpoints wraps each method of s in a go-kit endpoint.
+func MakeEndpoints(s Service) Endpoints {
+	return Endpoints{
+		Acquire: bus.Endpoint(s.Acquire),
+		Boot:    bus.Endpoint(s.Boot),
+		Retire:  bus.Endpoint(s.Retire),
+	}
+}

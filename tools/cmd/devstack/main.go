@@ -1,0 +1,46 @@
+// Command devstack is `make run`: all of Boilerhouse in one process on the embedded default
+// (embedded NATS, a local control plane, the dev node), or against the cluster that
+// KUBECONFIG names.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"boilerhouse.dev/tools/devstack"
+)
+
+func main() {
+	var cfg devstack.Config
+	flag.StringVar(&cfg.HTTPAddr, "http", ":3000", "REST listen address")
+	flag.IntVar(&cfg.NATSPort, "nats-port", 4222, "embedded NATS client port")
+	flag.StringVar(&cfg.StateDir, "state", "", "state directory (default <repo>/.devstack)")
+	flag.StringVar(&cfg.Root, "root", "", "repository root (default: found from the working directory)")
+	flag.StringVar(&cfg.Namespace, "namespace", "boilerhouse", "namespace of managed objects")
+	flag.BoolVar(&cfg.Examples, "examples", true, "apply deploy/examples")
+	jsonLogs := flag.Bool("json", false, "JSON logs")
+	flag.Parse()
+	// KUBECONFIG selects a real cluster: then no local control plane and no dev node start.
+	cfg.Kubeconfig = os.Getenv("KUBECONFIG")
+
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})
+	if *jsonLogs {
+		h = slog.NewJSONHandler(os.Stderr, nil)
+	}
+	cfg.Logger = slog.New(h)
+	cfg.Ready = func(i devstack.Info) {
+		fmt.Printf("\nBoilerhouse is up.\n  REST        %s\n  NATS        %s\n  kubeconfig  %s\n  tools       export PATH=%s/bin:$PATH\n\n",
+			i.REST, i.NATS, i.Kubeconfig, i.StateDir)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := devstack.Run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "devstack:", err)
+		os.Exit(1)
+	}
+}
