@@ -43,8 +43,13 @@ func readmeBlock(t *testing.T, root string) string {
 	return block
 }
 
+type stack struct {
+	cmd  *exec.Cmd
+	done chan error // receives the process's exit
+}
+
 // startStack builds `make run`'s binary and starts it in dir, as `make run` would.
-func startStack(t *testing.T, root, dir string) *exec.Cmd {
+func startStack(t *testing.T, root, dir string) *stack {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "devstack")
 	build := exec.Command("go", "build", "-o", bin, "./tools/cmd/devstack")
@@ -67,10 +72,11 @@ func startStack(t *testing.T, root, dir string) *exec.Cmd {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	st := &stack{cmd: cmd, done: make(chan error, 1)}
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Kill()
-			_, _ = cmd.Process.Wait()
+			<-st.done
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(logs.Name())
@@ -88,13 +94,17 @@ func startStack(t *testing.T, root, dir string) *exec.Cmd {
 				close(up)
 			}
 		}
+		st.done <- cmd.Wait()
 	}()
 	select {
 	case <-up:
+	case err := <-st.done:
+		st.done <- err
+		t.Fatalf("devstack exited before it came up: %v", err)
 	case <-time.After(3 * time.Minute):
 		t.Fatal("devstack did not come up within 3 minutes")
 	}
-	return cmd
+	return st
 }
 
 func getJSON(t *testing.T, url string, v any) int {
@@ -148,7 +158,7 @@ func TestMakeRunEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	cmd := startStack(t, root, dir)
+	st := startStack(t, root, dir)
 
 	eventually(t, "example pool demo ready", 2*time.Minute, func() bool {
 		var pool struct {
@@ -223,16 +233,16 @@ func TestMakeRunEndToEnd(t *testing.T) {
 	}
 
 	// Ctrl-C stops everything cleanly.
-	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+	stopped := time.Now()
+	if err := st.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	select {
-	case err := <-done:
+	case err := <-st.done:
 		if err != nil {
 			t.Errorf("devstack exit: %v", err)
 		}
+		t.Logf("devstack stopped %v after SIGINT", time.Since(stopped).Round(time.Millisecond))
 	case <-time.After(time.Minute):
 		t.Fatal("devstack did not stop within a minute of SIGINT")
 	}
