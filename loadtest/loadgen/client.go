@@ -108,4 +108,3 @@ func (c *NATS) Release(ctx context.Context, tenant, workload string) string {
 	}
 	return ""
 }
-
