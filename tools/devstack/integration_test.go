@@ -1,0 +1,354 @@
+package devstack_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"boilerhouse.dev/messages"
+	"boilerhouse.dev/pkg/api/v1alpha1"
+	"boilerhouse.dev/pkg/bus"
+	"boilerhouse.dev/pkg/localkube"
+	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/services/claimrouter"
+	"boilerhouse.dev/services/edge"
+	"boilerhouse.dev/services/poolmanager"
+	"boilerhouse.dev/tools/devnode"
+)
+
+// The integration tests compose the real services by hand (unlike the e2e test, which runs
+// the binary) so that one of them can be killed and started again.
+
+var plane *localkube.Plane
+
+const ns = "boilerhouse"
+
+func TestMain(m *testing.M) {
+	var err error
+	plane, err = localkube.Start(context.Background(), localkube.Options{Namespaces: []string{ns}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = plane.Stop()
+	os.Exit(code)
+}
+
+type system struct {
+	t      *testing.T
+	ctx    context.Context
+	nats   *natsServer
+	rest   string
+	client client.Client
+	claim  bus.Handler[messages.ClaimRequest, messages.ClaimView]
+	kv     jetstream.KeyValue
+}
+
+type natsServer struct{ url string }
+
+// startSystem runs NATS, the dev node, pool-manager and edge for the whole test, and a
+// claim-router that the returned stop function kills.
+func startSystem(t *testing.T) *system {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	goRun := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil && ctx.Err() == nil {
+				t.Errorf("%s: %v", name, err)
+			}
+		}()
+	}
+	s, err := natsx.StartEmbedded(natsx.EmbeddedOptions{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { natsx.Shutdown(s) })
+	conn := func() *nats.Conn {
+		nc, err := natsx.ConnectInProcess(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	nc := conn()
+	js, _ := jetstream.New(nc)
+	if err := natsx.Provision(ctx, js, natsx.ProvisionConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, messages.BucketClaims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips, _ := devnode.ParseIPRange("127.90.0.1-127.90.255.254")
+	node, err := devnode.New(devnode.Config{RestConfig: plane.Config, IPRange: ips})
+	if err != nil {
+		t.Fatal(err)
+	}
+	goRun("devnode", node.Run)
+	pm, err := poolmanager.New(poolmanager.Config{RestConfig: plane.Config, NATS: conn(), Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	goRun("pool-manager", pm.Run)
+	ed, err := edge.New(edge.Config{NATS: conn(), Client: plane.Client, Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	goRun("edge", func(ctx context.Context) error { return ed.Serve(ctx, ln) })
+	// Registered last so that it runs first: services stop before their connections close.
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	select {
+	case <-pm.Ready():
+	case <-time.After(time.Minute):
+		t.Fatal("pool-manager not ready")
+	}
+	return &system{t: t, ctx: ctx, nats: &natsServer{url: s.ClientURL()}, rest: "http://" + ln.Addr().String(),
+		client: plane.Client, kv: kv,
+		claim: bus.Client[messages.ClaimRequest, messages.ClaimView](nc, messages.SubjectClaimsClaim, time.Minute)}
+}
+
+// router starts a claim-router on its own connection; the returned function kills it the way
+// a crash would: its context ends and its NATS connection drops mid-request.
+func (s *system) router(cfg claimrouter.Config) (kill func()) {
+	s.t.Helper()
+	nc, err := natsx.Connect(s.nats.url)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	cfg.Conn = nc
+	r, err := claimrouter.New(cfg)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	var once sync.Once
+	kill = func() {
+		once.Do(func() { nc.Close(); cancel(); <-done })
+	}
+	s.t.Cleanup(kill)
+	return kill
+}
+
+// workload creates a workload served on 8080 with a pool of size (no pool when size < 0).
+func (s *system) workload(name string, size int32) {
+	s.t.Helper()
+	w := &v1alpha1.BoilerhouseWorkload{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1alpha1.WorkloadSpec{Version: "1", Image: v1alpha1.ImageSpec{Ref: "demo:1"},
+			Resources: v1alpha1.ResourcesSpec{VCPUs: 1, MemoryMb: 64},
+			Network:   &v1alpha1.NetworkSpec{Expose: []v1alpha1.ExposeSpec{{Guest: 8080}}},
+			Health: &v1alpha1.HealthSpec{IntervalSeconds: 1, UnhealthyThreshold: 3,
+				HTTPGet: &v1alpha1.HTTPGetHealth{Path: "/health", Port: 8080}}}}
+	if err := s.client.Create(s.ctx, w); err != nil {
+		s.t.Fatal(err)
+	}
+	if size >= 0 {
+		p := &v1alpha1.BoilerhousePool{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: v1alpha1.PoolSpec{WorkloadRef: name, Size: size, MaxFillConcurrency: ptr.To[int32](25)}}
+		if err := s.client.Create(s.ctx, p); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+}
+
+func (s *system) poolReady(name string, want int32) {
+	s.t.Helper()
+	eventually(s.t, "pool "+name+" ready", 2*time.Minute, func() bool {
+		var p v1alpha1.BoilerhousePool
+		return s.client.Get(s.ctx, client.ObjectKey{Namespace: ns, Name: name}, &p) == nil && p.Status.Ready == want
+	})
+}
+
+func (s *system) pod(name string) *corev1.Pod {
+	var p corev1.Pod
+	if err := s.client.Get(s.ctx, client.ObjectKey{Namespace: ns, Name: name}, &p); err != nil {
+		s.t.Fatalf("pod %s: %v", name, err)
+	}
+	return &p
+}
+
+func (s *system) restClaim(tenant, workload string) (int, messages.ClaimView) {
+	var v messages.ClaimView
+	code := postJSON(s.t, s.rest+"/api/v1/tenants/"+tenant+"/claim", `{"workload":"`+workload+`"}`, &v)
+	return code, v
+}
+
+func TestClaimSourcesExistingAndIsolation(t *testing.T) {
+	s := startSystem(t)
+	s.router(claimrouter.Config{})
+	s.workload("web", 2)
+	s.workload("solo", -1)
+	s.poolReady("web", 2)
+
+	code, a := s.restClaim("alice", "web")
+	if code != 201 || a.Phase != messages.PhaseActive || a.Source != messages.SourcePool {
+		t.Fatalf("alice: %d %+v, want 201 Active pool", code, a)
+	}
+	code, again := s.restClaim("alice", "web")
+	if code != 200 || again.Source != messages.SourceExisting || again.InstanceID != a.InstanceID || *again.Endpoint != *a.Endpoint {
+		t.Fatalf("alice again: %d %+v, want 200 existing %s", code, again, a.InstanceID)
+	}
+	code, b := s.restClaim("bob", "web")
+	if code != 201 || b.InstanceID == a.InstanceID || *b.Endpoint == *a.Endpoint {
+		t.Fatalf("bob shares alice's instance: %d %+v", code, b)
+	}
+	code, c := s.restClaim("carol", "solo")
+	if code != 201 || c.Source != messages.SourceCold {
+		t.Fatalf("carol on a workload without pool: %d %+v, want cold", code, c)
+	}
+	// Every endpoint answers, from a Pod labelled with its tenant and workload.
+	for tenant, v := range map[string]messages.ClaimView{"alice": a, "bob": b, "carol": c} {
+		eventually(t, tenant+"'s Pod labelled", 10*time.Second, func() bool {
+			return s.pod(v.InstanceID).Labels[v1alpha1.LabelTenant] == tenant
+		})
+		resp, err := http.Get(fmt.Sprintf("http://%s:%d/", v.Endpoint.Host, v.Endpoint.Port))
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s's endpoint: %v", tenant, err)
+		}
+		resp.Body.Close()
+	}
+	if code, _ := s.restClaim("org.acme", "web"); code != 201 {
+		t.Fatalf("org.acme: %d", code)
+	}
+	if code, _ := s.restClaim("Bad%20Tenant!", "web"); code != 400 {
+		t.Errorf("invalid tenant: %d, want 400", code)
+	}
+	if code, _ := s.restClaim("dave", "no-such-workload"); code != 404 {
+		t.Errorf("unknown workload: %d, want 404", code)
+	}
+	// Release destroys the Pod; the next claim gets a fresh instance.
+	var rel messages.ClaimView
+	if code := postJSON(t, s.rest+"/api/v1/tenants/alice/release", `{"workload":"web"}`, &rel); code != 200 || rel.Phase != messages.PhaseReleased {
+		t.Fatalf("release: %d %+v", code, rel)
+	}
+	eventually(t, "alice's Pod deleted", 10*time.Second, func() bool {
+		var p corev1.Pod
+		return client.IgnoreNotFound(s.client.Get(s.ctx, client.ObjectKey{Namespace: ns, Name: a.InstanceID}, &p)) == nil && p.Name == ""
+	})
+	if code, next := s.restClaim("alice", "web"); code != 201 || next.InstanceID == a.InstanceID {
+		t.Fatalf("claim after release: %d %+v", code, next)
+	}
+}
+
+// Test200TenantsAgainstPoolOf50: 200 concurrent claims for 200 tenants against a pool of 50
+// give 200 distinct Ready Pods (pool first, then cold), one per tenant, and the pool refills.
+func Test200TenantsAgainstPoolOf50(t *testing.T) {
+	s := startSystem(t)
+	s.router(claimrouter.Config{})
+	s.workload("burst", 50)
+	s.poolReady("burst", 50)
+
+	views := make([]messages.ClaimView, 200)
+	codes := make([]int, 200)
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i], views[i] = s.restClaim(fmt.Sprintf("t-%d", i), "burst")
+		}()
+	}
+	wg.Wait()
+	sources := map[messages.ClaimSource]int{}
+	seen := map[string]string{}
+	for i, v := range views {
+		if codes[i] != 201 || v.Phase != messages.PhaseActive {
+			t.Fatalf("claim %d: %d %+v", i, codes[i], v)
+		}
+		if other, dup := seen[v.InstanceID]; dup {
+			t.Fatalf("%s handed to %s and %s", v.InstanceID, other, v.TenantID)
+		}
+		seen[v.InstanceID] = v.TenantID
+		sources[v.Source]++
+	}
+	// The pool refills while the burst runs, so a refilled Pod may serve a claim too.
+	if sources[messages.SourcePool] < 50 || sources[messages.SourcePool]+sources[messages.SourceCold] != 200 {
+		t.Errorf("sources %v, want at least 50 pool and the rest cold", sources)
+	}
+	t.Logf("sources %v", sources)
+	// Exactly one Ready Pod per tenant, carrying that tenant's label.
+	eventually(t, "tenant labels on 200 Pods", 30*time.Second, func() bool {
+		var pods corev1.PodList
+		if err := s.client.List(s.ctx, &pods, client.InNamespace(ns), client.MatchingLabels{v1alpha1.LabelWorkload: "burst"}); err != nil {
+			return false
+		}
+		perTenant := map[string]int{}
+		for _, p := range pods.Items {
+			if tenant := p.Labels[v1alpha1.LabelTenant]; tenant != "" && p.DeletionTimestamp == nil {
+				perTenant[tenant]++
+				if seen[p.Name] != tenant {
+					t.Fatalf("Pod %s labelled %s but claimed by %q", p.Name, tenant, seen[p.Name])
+				}
+			}
+		}
+		for _, n := range perTenant {
+			if n != 1 {
+				return false
+			}
+		}
+		return len(perTenant) == 200
+	})
+	s.poolReady("burst", 50)
+}
+
+// TestClaimRouterKilledMidClaim: a claim whose router dies during its cold boot ends Active
+// through another router, with one instance, never stuck Pending.
+func TestClaimRouterKilledMidClaim(t *testing.T) {
+	s := startSystem(t)
+	kill := s.router(claimrouter.Config{StaleAfter: time.Second, SweepInterval: 200 * time.Millisecond})
+	s.workload("slow", -1)
+
+	// Ask without waiting, then kill the router while the claim is Pending.
+	v, err := s.claim(s.ctx, messages.ClaimRequest{TenantID: "erin", Workload: "slow", WaitMillis: 1})
+	if err != nil || v.Phase != messages.PhasePending {
+		t.Fatalf("claim: %+v %v, want Pending", v, err)
+	}
+	kill()
+	s.router(claimrouter.Config{StaleAfter: time.Second, SweepInterval: 200 * time.Millisecond})
+	key := messages.ClaimKey("erin", "slow")
+	eventually(t, "claim settled after the crash", time.Minute, func() bool {
+		e, err := s.kv.Get(s.ctx, key)
+		if err != nil {
+			return false
+		}
+		return !jsonHasPhase(e.Value(), messages.PhasePending)
+	})
+	got, err := s.claim(s.ctx, messages.ClaimRequest{TenantID: "erin", Workload: "slow"})
+	if err != nil || got.Source != messages.SourceExisting {
+		t.Fatalf("after takeover: %+v %v, want an existing Active claim", got, err)
+	}
+	var pods corev1.PodList
+	if err := s.client.List(s.ctx, &pods, client.InNamespace(ns), client.MatchingLabels{v1alpha1.LabelTenant: "erin"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(pods.Items) != 1 || pods.Items[0].Name != got.InstanceID {
+		t.Fatalf("erin has %d Pods, want exactly the claimed one %s", len(pods.Items), got.InstanceID)
+	}
+}
+
+func jsonHasPhase(b []byte, p messages.ClaimPhase) bool {
+	return strings.Contains(string(b), `"phase":"`+string(p)+`"`)
+}
