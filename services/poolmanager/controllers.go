@@ -28,8 +28,7 @@ import (
 
 // Cache indexes.
 const (
-	indexPodWorkload  = "bh.workload" // Pod -> its workload label
-	indexPodPool      = "bh.pool"     // Pod -> its pool label
+	indexPodPool      = "bh.pool" // Pod -> its pool label
 	indexPoolWorkload = "bh.workloadRef"
 )
 
@@ -43,9 +42,6 @@ func (m *Manager) setupIndexes() error {
 			}
 			return nil
 		}
-	}
-	if err := idx.IndexField(ctx, &corev1.Pod{}, indexPodWorkload, label(v1alpha1.LabelWorkload)); err != nil {
-		return err
 	}
 	if err := idx.IndexField(ctx, &corev1.Pod{}, indexPodPool, label(v1alpha1.LabelPool)); err != nil {
 		return err
@@ -138,9 +134,14 @@ func ctrlControllerOptions(workers int) controller.Options {
 }
 
 // triggerPool enqueues a pool reconcile if this replica runs the pool controller.
+// poolBatch coalesces a burst of acquisitions into one pool reconcile: each reconcile walks
+// every Pod of the pool, and at hundreds of claims a second per-claim reconciles would take
+// the CPU the claim path needs.
+const poolBatch = 100 * time.Millisecond
+
 func (m *Manager) triggerPool(pool string) {
 	if q := m.poolQueue.Load(); q != nil && pool != "" {
-		(*q).Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: m.cfg.Namespace, Name: pool}})
+		(*q).AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: m.cfg.Namespace, Name: pool}}, poolBatch)
 	}
 }
 

@@ -30,6 +30,7 @@ func (m *Manager) watchPods(ctx context.Context) error {
 	_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if p, ok := obj.(*corev1.Pod); ok {
+				m.inventory.update(p)
 				m.waiters.notify(p.Name)
 			}
 		},
@@ -38,6 +39,7 @@ func (m *Manager) watchPods(ctx context.Context) error {
 			if !ok {
 				return
 			}
+			m.inventory.update(p)
 			m.waiters.notify(p.Name)
 			if old, ok := oldObj.(*corev1.Pod); ok && !PodFinished(old) && PodFinished(p) {
 				m.instanceEvent(p, PhaseFailed, "pod-failed", FailureReason(p))
@@ -51,6 +53,7 @@ func (m *Manager) watchPods(ctx context.Context) error {
 			if !ok {
 				return
 			}
+			m.inventory.remove(p.Name)
 			m.waiters.notify(p.Name)
 			m.instanceEvent(p, PhaseDeleted, "pod-deleted", "")
 		},

@@ -3,7 +3,6 @@ package poolmanager
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/api/v1alpha1"
@@ -60,41 +58,41 @@ func (m *Manager) Acquire(ctx context.Context, req messages.AcquireRequest) (mes
 	if _, err := m.readyWorkload(ctx, req.Workload); err != nil {
 		return zero, err
 	}
-	var list corev1.PodList
-	if err := m.client.List(ctx, &list, client.InNamespace(m.cfg.Namespace),
-		client.MatchingFields{indexPodWorkload: req.Workload}, client.UnsafeDisableDeepCopy); err != nil {
-		return zero, messages.Errorf(messages.CodeUnavailable, "listing pool pods: %v", err)
+	// A few candidates at a time: a lost ledger create (another replica won) moves on to the next.
+	tried := map[string]bool{}
+	skip := func(p *corev1.Pod) bool {
+		_, busy := m.inflight.Load(p.Name)
+		return busy || tried[p.Name] || HeldBy(p, m.ledger.Held(p.Name))
 	}
-	candidates := make([]*corev1.Pod, 0, len(list.Items))
-	for i := range list.Items {
-		p := &list.Items[i]
-		if p.Labels[v1alpha1.LabelPool] != "" && !HeldBy(p, m.ledger.Held(p.Name)) && PodReady(p) {
-			candidates = append(candidates, p)
+	for {
+		candidates := m.inventory.candidates(req.Workload, 4, skip)
+		if len(candidates) == 0 {
+			break
 		}
-	}
-	// Replicas and concurrent requests start at different Pods, so they rarely collide.
-	rand.Shuffle(len(candidates), func(i, j int) { candidates[i], candidates[j] = candidates[j], candidates[i] })
-	for _, p := range candidates {
-		if _, busy := m.inflight.LoadOrStore(p.Name, struct{}{}); busy {
-			continue
+		for _, p := range candidates {
+			tried[p.Name] = true
+			if _, busy := m.inflight.LoadOrStore(p.Name, struct{}{}); busy {
+				continue
+			}
+			pool := p.Labels[v1alpha1.LabelPool]
+			ok, err := m.ledger.Create(ctx, p.Name, LedgerEntry{
+				ClaimKey: req.ClaimKey, ClaimID: req.ClaimID, TenantID: req.TenantID, Workload: req.Workload,
+				Pool: pool, State: StateAcquired, At: time.Now().UTC(), By: m.cfg.ReplicaID,
+			})
+			m.inflight.Delete(p.Name)
+			if err != nil {
+				return zero, err
+			}
+			if !ok {
+				continue // another replica took it; the ledger now holds it, so skip drops it
+			}
+			m.inventory.remove(p.Name)
+			inst := instanceOf(p, req.TenantID, PhaseAcquired)
+			// After the answer: labels (off the request path) and the refill.
+			m.labelQueue.Add(p.Name)
+			m.triggerPool(pool)
+			return inst, nil
 		}
-		pool := p.Labels[v1alpha1.LabelPool]
-		ok, err := m.ledger.Create(ctx, p.Name, LedgerEntry{
-			ClaimKey: req.ClaimKey, ClaimID: req.ClaimID, TenantID: req.TenantID, Workload: req.Workload,
-			Pool: pool, State: StateAcquired, At: time.Now().UTC(), By: m.cfg.ReplicaID,
-		})
-		m.inflight.Delete(p.Name)
-		if err != nil {
-			return zero, err
-		}
-		if !ok {
-			continue // another replica took it
-		}
-		inst := instanceOf(p, req.TenantID, PhaseAcquired)
-		// After the answer: labels (off the request path) and the refill.
-		m.labelQueue.Add(p.Name)
-		m.triggerPool(pool)
-		return inst, nil
 	}
 	return zero, messages.Errorf(messages.CodeCapacityExhausted, "no ready pool instance of workload %q", req.Workload)
 }

@@ -98,7 +98,9 @@ type Manager struct {
 	waiters  *waiters
 	claims   claimLocks
 	inflight sync.Map // pod name -> struct{}: acquisitions being tried by this replica
-	events   chan eventMsg
+	// inventory indexes acquirable pool Pods for Acquire.
+	inventory *readyIndex
+	events    chan eventMsg
 
 	ran         atomic.Bool
 	cacheSynced atomic.Bool
@@ -169,14 +171,15 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("poolmanager: controller manager: %w", err)
 	}
 	m := &Manager{
-		cfg:     cfg,
-		log:     log,
-		mgr:     mgr,
-		client:  mgr.GetClient(),
-		ready:   make(chan struct{}),
-		expect:  newExpectations(),
-		waiters: newWaiters(),
-		events:  make(chan eventMsg, 4096),
+		cfg:       cfg,
+		log:       log,
+		mgr:       mgr,
+		client:    mgr.GetClient(),
+		ready:     make(chan struct{}),
+		expect:    newExpectations(),
+		waiters:   newWaiters(),
+		events:    make(chan eventMsg, 4096),
+		inventory: newReadyIndex(),
 		labelQueue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "pool-manager-labels"}),

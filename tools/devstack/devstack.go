@@ -43,6 +43,9 @@ type Config struct {
 	Namespace string
 	// Kubeconfig of a real cluster; empty starts the local control plane and the dev node.
 	Kubeconfig string
+	// NoSync turns off the flush of every JetStream write (faster, loses acknowledged writes on
+	// power loss); only for measuring what durability costs.
+	NoSync bool
 	// Examples applies deploy/examples once the services run.
 	Examples bool
 	Logger   *slog.Logger
@@ -106,7 +109,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	ns, err := natsx.StartEmbedded(natsx.EmbeddedOptions{
 		StoreDir: filepath.Join(cfg.StateDir, "nats"), Port: cfg.NATSPort, ServerName: "boilerhouse-dev",
-		SyncAlways: true, Logger: log.With("part", "nats"),
+		SyncAlways: !cfg.NoSync, Logger: log.With("part", "nats"),
 	})
 	if err != nil {
 		return err

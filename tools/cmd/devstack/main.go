@@ -8,6 +8,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -23,7 +25,9 @@ func main() {
 	flag.StringVar(&cfg.Root, "root", "", "repository root (default: found from the working directory)")
 	flag.StringVar(&cfg.Namespace, "namespace", "boilerhouse", "namespace of managed objects")
 	flag.BoolVar(&cfg.Examples, "examples", true, "apply deploy/examples")
+	flag.BoolVar(&cfg.NoSync, "no-sync", false, "do not flush every JetStream write (measurement only: loses acknowledged writes on power loss)")
 	jsonLogs := flag.Bool("json", false, "JSON logs")
+	pprofAddr := flag.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060)")
 	flag.Parse()
 	// KUBECONFIG selects a real cluster: then no local control plane and no dev node start.
 	cfg.Kubeconfig = os.Getenv("KUBECONFIG")
@@ -36,6 +40,9 @@ func main() {
 	cfg.Ready = func(i devstack.Info) {
 		fmt.Printf("\nBoilerhouse is up.\n  REST        %s\n  NATS        %s\n  kubeconfig  %s\n  tools       export PATH=%s/bin:$PATH\n\n",
 			i.REST, i.NATS, i.Kubeconfig, i.StateDir)
+	}
+	if *pprofAddr != "" {
+		go func() { _ = http.ListenAndServe(*pprofAddr, nil) }() // DefaultServeMux carries pprof
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
