@@ -19,6 +19,7 @@ func TestJSONRoundTrip(t *testing.T) {
 	inst := Instance{
 		InstanceID: "my-agent-3f9a1c2b", Workload: "my-agent", Pool: "my-agent-pool", TenantID: "org.acme",
 		Endpoint: &Endpoint{Host: "10.0.0.7", Port: 8080}, Ready: true, Phase: "acquired", Detail: "warm",
+		Overlays: true, ReleaseAction: "hibernate",
 	}
 	snap := Snapshot{
 		TenantID: "org.acme", Workload: "my-agent", Path: "org_2eacme/my-agent/3.tar.gz", Size: 12345,
@@ -43,7 +44,7 @@ func TestJSONRoundTrip(t *testing.T) {
 		{"AcquireRequest", &AcquireRequest{Workload: "my-agent", TenantID: "org.acme", ClaimKey: ClaimKey("org.acme", "my-agent"), ClaimID: "c1"}},
 		{"ClaimRecord", &ClaimRecord{TenantID: "org.acme", Workload: "my-agent", ID: "c1", Phase: PhaseActive, InstanceID: "i-1",
 			Endpoint: &Endpoint{Host: "127.1.0.2", Port: 8080}, Source: SourceCold, ClaimedAt: &at, Resume: true, Detail: "d",
-			RestoredGeneration: 4, ReleaseReason: ReasonIdle, LastActivity: &later, CreatedAt: at, UpdatedAt: later, Deadline: later, Owner: "r1"}},
+			RestoredGeneration: 4, ReleaseReason: ReasonIdle, Overlays: true, ReleaseAction: "destroy", LastActivity: &later, CreatedAt: at, UpdatedAt: later, Deadline: later, Owner: "r1"}},
 		{"Instance", &inst},
 		{"BootRequest", &BootRequest{TenantID: "org.acme", Workload: "my-agent", ClaimKey: "org_2eacme.my-agent", ClaimID: "c1", RestoreGeneration: 3}},
 		{"RetireRequest", &RetireRequest{InstanceID: "i-1", Workload: "my-agent", TenantID: "org.acme", Reason: "released"}},

@@ -30,6 +30,11 @@ type Instance struct {
 	// acquired); free-form so it can evolve without a contract change.
 	Phase  string `json:"phase,omitempty"`
 	Detail string `json:"detail,omitempty"`
+	// Overlays is true when the workload declares overlay directories, so the claim-router
+	// knows whether to restore and extract.
+	Overlays bool `json:"overlays,omitempty"`
+	// ReleaseAction is the workload's idle.action ("hibernate" or "destroy"), applied on release.
+	ReleaseAction string `json:"releaseAction,omitempty"`
 }
 
 // BootRequest boots a new instance for a claim when no pool instance is
@@ -62,3 +67,7 @@ type RetireReply struct {
 	// Retired is false when the instance no longer existed.
 	Retired bool `json:"retired"`
 }
+
+// InstancePhaseAwaitingRestore is the Phase of a cold-booted instance whose restore init
+// container is waiting: restore into it, then boot again to wait for Ready.
+const InstancePhaseAwaitingRestore = "awaiting-restore"

@@ -24,9 +24,12 @@ type ClaimRecord struct {
 	// state that was not restored from it.
 	RestoredGeneration int64         `json:"restoredGeneration,omitempty"`
 	ReleaseReason      ReleaseReason `json:"releaseReason,omitempty"`
-	LastActivity       *time.Time    `json:"lastActivity,omitempty"`
-	CreatedAt          time.Time     `json:"createdAt"`
-	UpdatedAt          time.Time     `json:"updatedAt"`
+	// Overlays and ReleaseAction come from the instance (see [Instance]).
+	Overlays      bool       `json:"overlays,omitempty"`
+	ReleaseAction string     `json:"releaseAction,omitempty"`
+	LastActivity  *time.Time `json:"lastActivity,omitempty"`
+	CreatedAt     time.Time  `json:"createdAt"`
+	UpdatedAt     time.Time  `json:"updatedAt"`
 	// Deadline is when a Pending claim turns Error, or a Releasing one is
 	// retried by another router.
 	Deadline time.Time `json:"deadline,omitempty"`
