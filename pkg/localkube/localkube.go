@@ -119,6 +119,12 @@ func Start(ctx context.Context, opts Options) (*Plane, error) {
 		AttachControlPlaneOutput: opts.Output,
 		ControlPlaneStartTimeout: 2 * time.Minute,
 	}
+	// The dev node (tools/devnode) serves the kubelet API (exec, logs) on 127.0.0.1 and
+	// publishes it as the Node's InternalIP; its Hostname address (the node name) does not
+	// resolve, so the API server must try InternalIP first. With no kubelet CA and client
+	// certificate flags it dials the kubelet endpoint without verifying its certificate.
+	env.ControlPlane.GetAPIServer().Configure().
+		Set("kubelet-preferred-address-types", "InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP")
 	cfg, err := env.Start()
 	if err != nil {
 		_ = env.Stop()

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -109,6 +111,24 @@ type Config struct {
 	// HeartbeatInterval is how often the node Lease is renewed (default
 	// DefaultHeartbeatInterval); Node status is refreshed every sixth heartbeat.
 	HeartbeatInterval time.Duration
+
+	// StateDir holds the Pods' filesystems and container logs (see fs.go). It outlives the node
+	// so that a restarted node finds its Pods' files; a Pod's directory is removed when the Pod
+	// is deleted. Default: DefaultStateDir(NodeName).
+	StateDir string
+	// KubeletPort is the port of the kubelet API endpoint on 127.0.0.1 (exec, logs), published in
+	// the Node's status.daemonEndpoints; 0 (the default) picks a free port at each start.
+	KubeletPort int
+}
+
+// DefaultStateDir is <user cache dir>/boilerhouse/devnode/<nodeName> (under the temp dir if
+// there is no cache dir).
+func DefaultStateDir(nodeName string) string {
+	base, err := os.UserCacheDir()
+	if err != nil {
+		base = os.TempDir()
+	}
+	return filepath.Join(base, "boilerhouse", "devnode", nodeName)
 }
 
 func (c *Config) setDefaults() error {
@@ -141,6 +161,17 @@ func (c *Config) setDefaults() error {
 	}
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir(c.NodeName)
+	}
+	abs, err := filepath.Abs(c.StateDir)
+	if err != nil {
+		return fmt.Errorf("devnode: state dir %q: %w", c.StateDir, err)
+	}
+	c.StateDir = abs
+	if c.KubeletPort < 0 || c.KubeletPort > 65535 {
+		return fmt.Errorf("devnode: kubelet port %d out of range", c.KubeletPort)
 	}
 	return nil
 }

@@ -84,6 +84,9 @@ func startNode(t *testing.T, cfg Config) *runningNode {
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger()
 	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = t.TempDir()
+	}
 	n, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -31,7 +31,8 @@ func TestNewValidates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.Name() != DefaultNodeName || n.cfg.IPRange != DefaultIPRange || n.cfg.Workers != DefaultWorkers {
+	if n.Name() != DefaultNodeName || n.cfg.IPRange != DefaultIPRange || n.cfg.Workers != DefaultWorkers ||
+		n.cfg.StateDir != DefaultStateDir(DefaultNodeName) || !strings.HasSuffix(n.cfg.StateDir, "/boilerhouse/devnode/"+DefaultNodeName) {
 		t.Errorf("defaults: %+v", n.cfg)
 	}
 }
@@ -63,7 +64,7 @@ func TestCommand(t *testing.T) {
 	var logs bytes.Buffer
 	nodeName := uniq("dn-command")
 	cmd := exec.Command(bin, "--kubeconfig", plane.Kubeconfig, "--node-name", nodeName,
-		"--ip-range", "127.4.0.1-127.4.0.254")
+		"--ip-range", "127.4.0.1-127.4.0.254", "--state-dir", t.TempDir())
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -84,6 +85,10 @@ func TestCommand(t *testing.T) {
 	}
 	if got, err := demoGet(pod.Status.PodIP, 8080); err != nil || got.Pod != "cmdpod" {
 		t.Errorf("GET / = %+v, %v", got, err)
+	}
+	// The command's binary runs sandboxes too (its re-exec hook).
+	if r := execPod(t, ns, "cmdpod", "main", nil, false, "sh", "-c", "hostname; exit 4"); r.stdout != "cmdpod\n" || r.exitCode() != 4 {
+		t.Errorf("exec through the command's node: %q %v\n%s", r.stdout, r.err, logs.String())
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

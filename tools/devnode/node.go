@@ -4,9 +4,18 @@
 // kube-node-lease), binds every unscheduled Pod to itself, and "runs" the Pods bound to it: each
 // gets a distinct loopback IP, and each declared container port is served by a small demo HTTP
 // server inside this process (GET / answers JSON naming the Pod, its workload and tenant labels;
-// GET /health answers {"status":"ok"}). HTTP and TCP readiness probes run for real against those
+// GET /health answers {"status":"ok"}; PUT and GET /files/<path> write and read files in the main
+// container's overlay directories). HTTP and TCP readiness probes run for real against those
 // servers. Deleting a Pod stops its servers and completes the deletion as a kubelet does. A
-// restarted Node adopts the Pods already bound to it, keeping their recorded Pod IPs.
+// restarted Node adopts the Pods already bound to it, keeping their recorded Pod IPs and files.
+//
+// Each container has a filesystem of its own on disk under Config.StateDir, and each Pod volume
+// is a directory there. Init containers and exec sessions are real processes in a sandbox (see
+// sandbox.go) that sees the container's root, its volume mounts and the host's system
+// directories read-only. The node serves the kubelet API for exec and logs on 127.0.0.1 (see
+// kubelet.go) and publishes it in the Node's status, so kubectl exec, kubectl logs and
+// client-go's remotecommand work through the real API server. Containers' logs are files in the
+// CRI format (see logs.go).
 //
 // It works against a real API server (client-go informers and a rate-limited workqueue) and is
 // meant to carry thousands of Pods on a small machine.
@@ -20,6 +29,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -38,6 +48,10 @@ import (
 	"k8s.io/client-go/util/workqueue"
 )
 
+// maxMovesPerSync bounds how many IPs one sync tries for a new Pod whose port is taken (another
+// dev node on this machine may hold a run of the range); the next sync, after a backoff, goes on.
+const maxMovesPerSync = 32
+
 // Node is a running dev node. Create it with New and start it with Run (once).
 type Node struct {
 	cfg    Config
@@ -52,6 +66,8 @@ type Node struct {
 	podLister corelisters.PodLister
 	podSynced cache.InformerSynced
 	queue     workqueue.TypedRateLimitingInterface[string]
+
+	kubelet *kubeletServer // the exec and logs endpoint, from Run on
 
 	mu   sync.Mutex
 	pods map[string]*podRuntime // by namespace/name
@@ -113,6 +129,14 @@ func New(cfg Config) (*Node, error) {
 // Name returns the Node object's name.
 func (n *Node) Name() string { return n.name }
 
+// kubeletPort is the port of the running kubelet endpoint (0 before Run).
+func (n *Node) kubeletPort() int {
+	if n.kubelet == nil {
+		return 0
+	}
+	return n.kubelet.port
+}
+
 // Run registers the Node, then binds and runs Pods until ctx is done. It returns after every
 // server it started is closed and every goroutine it started has ended: nil after ctx is done, or
 // the error that stopped the start-up. Run may be called once per Node.
@@ -121,6 +145,19 @@ func (n *Node) Run(ctx context.Context) error {
 		return errors.New("devnode: Run called twice")
 	}
 	defer n.queue.ShutDown()
+	if err := os.MkdirAll(n.podsDir(), 0o755); err != nil {
+		return fmt.Errorf("devnode: state dir: %w", err)
+	}
+	kubelet, err := n.startKubelet(n.cfg.KubeletPort)
+	if err != nil {
+		return err
+	}
+	n.kubelet = kubelet
+	defer func() {
+		// Exec sessions and log streams end with their Pods (stopAll), or here.
+		kubelet.close()
+		kubelet.wait()
+	}()
 	if err := n.register(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -156,12 +193,14 @@ func (n *Node) Run(ctx context.Context) error {
 		})
 	}
 	wg.Go(func() { n.heartbeat(runCtx) })
-	n.log.Info("dev node running", "workers", n.cfg.Workers, "ipRange", n.cfg.IPRange.String())
+	n.log.Info("dev node running", "workers", n.cfg.Workers, "ipRange", n.cfg.IPRange.String(),
+		"kubeletPort", kubelet.port, "stateDir", n.cfg.StateDir)
 
 	<-ctx.Done()
 	n.queue.ShutDown()
 	cancel()
 	wg.Wait()
+	kubelet.close() // no new exec or log sessions
 	n.stopAll()
 	n.log.Info("dev node stopped", "statusPatches", n.statusPatches.Load())
 	return nil
@@ -170,12 +209,20 @@ func (n *Node) Run(ctx context.Context) error {
 // adopt runs once the cache has synced, before any worker: it reserves the Pod IPs recorded in
 // the status of Pods already bound to this node, so a new Pod can never be handed one of them.
 // A Pod whose recorded IP cannot be reserved (taken, or not loopback) gets a new one when it runs.
+// It also removes the directories of Pods that are gone (deleted while the node was down).
 func (n *Node) adopt() {
 	pods, err := n.podLister.List(labels.Everything())
 	if err != nil {
 		n.log.Error("listing cached pods", "err", err)
 		return
 	}
+	keep := map[types.UID]bool{}
+	for _, pod := range pods {
+		if pod.Spec.NodeName == n.name {
+			keep[pod.UID] = true
+		}
+	}
+	n.collectPodDirs(keep)
 	adopted := 0
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -282,9 +329,9 @@ func (n *Node) sync(ctx context.Context, key string) error {
 		return nil
 	}
 	err = rt.ensureStarted(pod)
-	if errors.Is(err, syscall.EADDRINUSE) && !rt.adopted {
+	for moves := 0; errors.Is(err, syscall.EADDRINUSE) && !rt.adopted && moves < maxMovesPerSync; moves++ {
 		// Someone else (another dev node on this machine, a host service on a wildcard
-		// address) holds this IP:port: move the new Pod to the next IP and try once more.
+		// address) holds this IP:port: move the new Pod to the next IP and try again.
 		if rerr := n.reallocate(rt); rerr != nil {
 			return rerr
 		}
@@ -338,7 +385,8 @@ func (n *Node) reallocate(rt *podRuntime) error {
 	return nil
 }
 
-// forget stops and drops the runtime under key and frees its IP, unless it belongs to keep.
+// forget stops and drops the runtime under key, removes its Pod's directories and frees its IP,
+// unless it belongs to keep.
 func (n *Node) forget(key string, keep types.UID) {
 	n.mu.Lock()
 	rt := n.pods[key]
@@ -349,6 +397,7 @@ func (n *Node) forget(key string, keep types.UID) {
 	delete(n.pods, key)
 	n.mu.Unlock()
 	rt.stop()
+	n.removePodFS(rt.uid)
 	n.alloc.release(rt.uid)
 }
 
@@ -389,6 +438,7 @@ func (n *Node) bind(ctx context.Context, pod *corev1.Pod) error {
 // (grace period 0, UID precondition). The IP stays reserved until the Pod has left the API.
 func (n *Node) finishDeletion(ctx context.Context, pod *corev1.Pod, rt *podRuntime) error {
 	rt.stop()
+	n.removePodFS(pod.UID)
 	if g := pod.DeletionGracePeriodSeconds; g != nil && *g == 0 {
 		return nil // already finished; only finalizers keep it
 	}

@@ -26,7 +26,8 @@ const (
 	firstProbeWait = 250 * time.Millisecond
 )
 
-// podRuntime is what the node runs for one Pod (one UID): its IP, its port servers, its probes.
+// podRuntime is what the node runs for one Pod (one UID): its IP, its filesystem, its init
+// container processes, its port servers, its probes, its exec sessions and its logs.
 type podRuntime struct {
 	n         *Node
 	key       string
@@ -36,22 +37,31 @@ type podRuntime struct {
 	ip        netip.Addr // invalid for a deleting or terminal Pod that never recorded one
 	adopted   bool       // ip came from the Pod's recorded status (restart adoption)
 
-	ctx    context.Context // cancelled by stop and by fail: ends probes and the fail timer
+	ctx    context.Context // cancelled by stop and by fail: ends probes, init and exec processes
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // probe and fail goroutines
+	wg     sync.WaitGroup // probe, fail and init goroutines
+	execs  sync.WaitGroup // exec sessions
 
 	firstProbes  chan struct{} // closed once every immediate first probe has a verdict
 	pendingFirst atomic.Int32
 
-	mu         sync.Mutex
-	started    bool  // servers were started (possibly since stopped)
-	stopped    bool  // stop was called: never start again
-	startErr   error // last start attempt failed
-	startTime  metav1.Time
-	failed     bool // BehaviorFail fired
-	finishedAt metav1.Time
-	containers map[string]*containerState
-	servers    []*portServer
+	logsMu sync.Mutex
+	logs   map[string]*containerLog // by container name, opened on first use
+
+	mu          sync.Mutex
+	fsReady     bool // the Pod's directories exist
+	initStarted bool // init containers were started (or found completed)
+	initDone    bool // every init container completed: the containers may start
+	initFailed  bool // an init container failed: the Pod is Failed
+	inits       []*initContainerState
+	started     bool  // servers were started (possibly since stopped)
+	stopped     bool  // stop was called: never start again
+	startErr    error // last start attempt failed
+	startTime   metav1.Time
+	failed      bool // BehaviorFail fired
+	finishedAt  metav1.Time
+	containers  map[string]*containerState
+	servers     []*portServer
 
 	lastSent   *corev1.PodStatus // last status patched, and
 	lastSentRV string            // the resourceVersion it was computed from
@@ -61,6 +71,20 @@ type containerState struct {
 	startedAt metav1.Time
 	probed    bool // has a readiness probe
 	ready     bool // probe verdict (or seeded from recorded status on adoption)
+}
+
+// initContainerState is where one init container is: waiting (neither flag), running or
+// terminated.
+type initContainerState struct {
+	name       string
+	sidecar    bool // restartPolicy Always: "started" like a container, never run to completion
+	running    bool
+	terminated bool
+	exitCode   int32
+	reason     string
+	message    string
+	startedAt  metav1.Time
+	finishedAt metav1.Time
 }
 
 // now returns the current time at the API's (second) precision, so computed statuses compare
@@ -75,16 +99,51 @@ func newPodRuntime(n *Node, pod *corev1.Pod, ip netip.Addr, adopted bool) *podRu
 	}
 }
 
-// ensureStarted starts the Pod's servers and probes unless they already run (or ran). On
-// failure nothing is left listening and the next call tries again.
+// logFor returns the log of one of the Pod's containers.
+func (rt *podRuntime) logFor(container string) *containerLog {
+	rt.logsMu.Lock()
+	defer rt.logsMu.Unlock()
+	if rt.logs == nil {
+		rt.logs = map[string]*containerLog{}
+	}
+	l := rt.logs[container]
+	if l == nil {
+		l = newContainerLog(rt.n.containerLogPath(rt.uid, container))
+		rt.logs[container] = l
+	}
+	return l
+}
+
+// ensureStarted moves the Pod on: it creates its directories, starts its init containers (once)
+// and, once they have all completed, starts its servers and probes unless they already run (or
+// ran). On failure nothing is left listening and the next call tries again.
 func (rt *podRuntime) ensureStarted(pod *corev1.Pod) error {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	if rt.started || rt.stopped {
+	if rt.started || rt.stopped || rt.initFailed {
 		return nil
 	}
 	if !rt.ip.IsValid() {
 		return errors.New("no pod IP")
+	}
+	if !rt.fsReady {
+		if err := rt.n.preparePodFS(pod); err != nil {
+			rt.startErr = fmt.Errorf("pod filesystem: %w", err)
+			return rt.startErr
+		}
+		rt.fsReady = true
+	}
+	if rt.startTime.IsZero() {
+		rt.startTime = now()
+		if pod.Status.StartTime != nil {
+			rt.startTime = *pod.Status.StartTime
+		}
+	}
+	if !rt.initStarted {
+		rt.startInits(pod)
+	}
+	if !rt.initDone {
+		return nil // the init goroutine requeues the Pod when it is done
 	}
 	servers, err := rt.listen(pod)
 	if err != nil {
@@ -93,10 +152,6 @@ func (rt *podRuntime) ensureStarted(pod *corev1.Pod) error {
 	}
 	t := now()
 	rt.started, rt.startErr, rt.servers = true, nil, servers
-	rt.startTime = t
-	if rt.adopted && pod.Status.StartTime != nil {
-		rt.startTime = *pod.Status.StartTime
-	}
 	recorded := map[string]corev1.ContainerStatus{}
 	if rt.adopted {
 		for _, cs := range pod.Status.ContainerStatuses {
@@ -142,6 +197,196 @@ func (rt *podRuntime) ensureStarted(pod *corev1.Pod) error {
 	return nil
 }
 
+// startInits sets up the init containers' states and starts the goroutine that runs them, from
+// the first that has not completed. Init containers recorded as completed (a restarted node) are
+// not run again; none are once the Pod was recorded Initialized. Called with rt.mu held.
+func (rt *podRuntime) startInits(pod *corev1.Pod) {
+	rt.initStarted = true
+	recorded := map[string]corev1.ContainerStatus{}
+	for _, cs := range pod.Status.InitContainerStatuses {
+		recorded[cs.Name] = cs
+	}
+	initialized := podInitialized(pod)
+	first := -1
+	rt.inits = make([]*initContainerState, len(pod.Spec.InitContainers))
+	for i := range pod.Spec.InitContainers {
+		c := &pod.Spec.InitContainers[i]
+		st := &initContainerState{name: c.Name, sidecar: c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways}
+		rt.inits[i] = st
+		rec, ok := recorded[c.Name]
+		switch {
+		case first >= 0:
+			// waiting behind the first one to run
+		case initialized && st.sidecar:
+			st.running, st.startedAt = true, rt.startTime
+			if ok && rec.State.Running != nil {
+				st.startedAt = rec.State.Running.StartedAt
+			}
+		case !st.sidecar && ok && rec.State.Terminated != nil && rec.State.Terminated.ExitCode == 0:
+			t := rec.State.Terminated
+			st.terminated, st.reason, st.startedAt, st.finishedAt = true, "Completed", t.StartedAt, t.FinishedAt
+		case initialized:
+			st.terminated, st.reason, st.startedAt, st.finishedAt = true, "Completed", rt.startTime, rt.startTime
+		default:
+			first = i
+		}
+	}
+	if first < 0 {
+		rt.initDone = true
+		return
+	}
+	pod = pod.DeepCopy()
+	rt.wg.Go(func() { rt.runInits(pod, first) })
+}
+
+// podInitialized reports whether the Pod's recorded status says its init containers completed.
+func podInitialized(pod *corev1.Pod) bool {
+	if pod.Status.Phase == corev1.PodRunning || pod.Status.Phase == corev1.PodSucceeded {
+		return true
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodInitialized {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// runInits runs the init containers from first on, one after the other, each a real process in
+// its sandbox; it ends the Pod (Failed) at the first that fails, and marks the Pod initialized
+// when all have completed. A stopping runtime kills the running one.
+func (rt *podRuntime) runInits(pod *corev1.Pod, first int) {
+	for i := first; i < len(pod.Spec.InitContainers); i++ {
+		c := &pod.Spec.InitContainers[i]
+		rt.mu.Lock()
+		st := rt.inits[i]
+		rt.mu.Unlock()
+		if st.sidecar {
+			rt.mu.Lock()
+			st.running, st.startedAt = true, now()
+			rt.mu.Unlock()
+			rt.logFor(c.Name).printf("devnode: sidecar %s started (not run: the dev node runs no images)", c.Name)
+			rt.n.queue.Add(rt.key)
+			continue
+		}
+		code, reason, msg := rt.runInit(pod, c, st)
+		if rt.ctx.Err() != nil {
+			return // stopping: the process was killed
+		}
+		rt.mu.Lock()
+		st.running, st.terminated = false, true
+		st.exitCode, st.reason, st.message, st.finishedAt = code, reason, msg, now()
+		if st.startedAt.IsZero() {
+			st.startedAt = st.finishedAt
+		}
+		if code != 0 {
+			rt.initFailed, rt.finishedAt = true, st.finishedAt
+		}
+		rt.mu.Unlock()
+		rt.n.log.Debug("init container ended", "pod", rt.key, "container", c.Name, "exitCode", code, "reason", reason)
+		rt.n.queue.Add(rt.key)
+		if code != 0 {
+			return
+		}
+	}
+	rt.mu.Lock()
+	rt.initDone = true
+	rt.mu.Unlock()
+	rt.n.queue.Add(rt.key)
+}
+
+// runInit runs one init container's command and returns its exit code, reason and message.
+func (rt *podRuntime) runInit(pod *corev1.Pod, c *corev1.Container, st *initContainerState) (int32, string, string) {
+	log := rt.logFor(c.Name)
+	log.touch()
+	setRunning := func() {
+		rt.mu.Lock()
+		st.running, st.startedAt = true, now()
+		rt.mu.Unlock()
+		rt.n.queue.Add(rt.key)
+	}
+	args := containerCommand(c)
+	if len(args) == 0 {
+		setRunning()
+		log.printf("devnode: init container %s has no command and the dev node runs no image entrypoints: counted as completed", c.Name)
+		return 0, "Completed", ""
+	}
+	spec, err := rt.n.sandboxFor(pod, c, args)
+	if err != nil {
+		log.entry("stderr", false, []byte("devnode: "+err.Error()))
+		return 128, "StartError", err.Error()
+	}
+	stdout, stderr := log.streamWriter("stdout"), log.streamWriter("stderr")
+	code, err := runSandboxed(rt.ctx, spec, sandboxIO{Stdout: stdout, Stderr: stderr}, setRunning)
+	_ = stdout.Close()
+	_ = stderr.Close()
+	if err != nil {
+		log.entry("stderr", false, []byte("devnode: "+err.Error()))
+		return 128, "StartError", err.Error()
+	}
+	if code != 0 {
+		return int32(code), "Error", ""
+	}
+	return 0, "Completed", ""
+}
+
+// initState returns the state of the named init container, nil if there is none (yet).
+func (rt *podRuntime) initState(name string) *initContainerState {
+	for _, st := range rt.inits {
+		if st.name == name {
+			return st
+		}
+	}
+	return nil
+}
+
+// execTarget checks that the container runs and describes an exec of cmd in it. The returned
+// context ends with ctx or when the runtime stops; release must be called when the exec ended.
+func (rt *podRuntime) execTarget(ctx context.Context, pod *corev1.Pod, container string, cmd []string) (*sandboxSpec, context.Context, func(), error) {
+	c, isInit := findContainer(pod, container)
+	if c == nil {
+		return nil, nil, nil, fmt.Errorf("container %q not found in pod %s", container, rt.key)
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	notRunning := fmt.Errorf("container %q in pod %s is not running", container, rt.key)
+	if rt.stopped || rt.ctx.Err() != nil || rt.initFailed {
+		return nil, nil, nil, notRunning
+	}
+	if isInit {
+		if st := rt.initState(container); st == nil || !st.running {
+			return nil, nil, nil, notRunning
+		}
+	} else if !rt.started || rt.failed {
+		return nil, nil, nil, notRunning
+	}
+	spec, err := rt.n.sandboxFor(pod, c, cmd)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rt.execs.Add(1)
+	runCtx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(rt.ctx, cancel)
+	return spec, runCtx, func() {
+		stop()
+		cancel()
+		rt.execs.Done()
+	}, nil
+}
+
+// containerFinished reports whether the container will write no more log.
+func (rt *podRuntime) containerFinished(container string) bool {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.stopped || rt.failed || rt.initFailed {
+		return true
+	}
+	if st := rt.initState(container); st != nil {
+		return st.terminated
+	}
+	return false
+}
+
 // firstProbeDone counts down one pending first probe.
 func (rt *podRuntime) firstProbeDone() {
 	if rt.pendingFirst.Add(-1) == 0 {
@@ -167,7 +412,8 @@ func (rt *podRuntime) awaitFirstProbes() {
 	}
 }
 
-// listen opens one demo server for each distinct TCP port any container declares.
+// listen opens one demo server for each distinct TCP port any container declares; it logs to
+// the first container declaring the port.
 func (rt *podRuntime) listen(pod *corev1.Pod) ([]*portServer, error) {
 	var servers []*portServer
 	seen := map[int32]bool{}
@@ -177,7 +423,7 @@ func (rt *podRuntime) listen(pod *corev1.Pod) ([]*portServer, error) {
 				continue
 			}
 			seen[p.ContainerPort] = true
-			s, err := startPortServer(rt.n, rt.namespace, rt.name, rt.ip, p.ContainerPort)
+			s, err := startPortServer(rt, c.Name, p.ContainerPort)
 			if err != nil {
 				for _, s := range servers {
 					s.close()
@@ -187,10 +433,14 @@ func (rt *podRuntime) listen(pod *corev1.Pod) ([]*portServer, error) {
 			servers = append(servers, s)
 		}
 	}
+	for _, c := range pod.Spec.Containers {
+		rt.logFor(c.Name).touch() // a container without ports has an (empty) log too
+	}
 	return servers, nil
 }
 
-// stop ends probes and closes every server; the runtime never starts again. Idempotent.
+// stop ends probes, init and exec processes, closes every server and the logs; the runtime never
+// starts again. Idempotent.
 func (rt *podRuntime) stop() {
 	rt.cancel()
 	rt.mu.Lock()
@@ -202,6 +452,12 @@ func (rt *podRuntime) stop() {
 		s.close()
 	}
 	rt.wg.Wait()
+	rt.execs.Wait()
+	rt.logsMu.Lock()
+	for _, l := range rt.logs {
+		l.close()
+	}
+	rt.logsMu.Unlock()
 }
 
 // fail ends the Pod as BehaviorFail asks: servers closed, containers terminated with exit code 1.
@@ -216,7 +472,7 @@ func (rt *podRuntime) fail() {
 	servers := rt.servers
 	rt.servers = nil
 	rt.mu.Unlock()
-	rt.cancel() // probes end; wg is not waited here (fail runs in it)
+	rt.cancel() // probes and exec sessions end; wg is not waited here (fail runs in it)
 	for _, s := range servers {
 		s.close()
 	}

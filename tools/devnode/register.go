@@ -129,6 +129,8 @@ func (n *Node) updateNodeStatus(ctx context.Context) error {
 			{Type: corev1.NodeInternalIP, Address: hostIP},
 			{Type: corev1.NodeHostName, Address: n.name},
 		}
+		// The API server proxies exec and logs to https://<address>:<this port>.
+		st.DaemonEndpoints.KubeletEndpoint.Port = int32(n.kubeletPort())
 		st.NodeInfo = corev1.NodeSystemInfo{
 			MachineID: "boilerhouse-devnode", SystemUUID: string(node.UID), BootID: string(node.UID),
 			KernelVersion: "devnode", OSImage: "boilerhouse devnode", OperatingSystem: "linux",

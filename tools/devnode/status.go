@@ -71,18 +71,21 @@ func (rt *podRuntime) desiredStatus(pod *corev1.Pod) *corev1.PodStatus {
 	st.Reason, st.Message = "", ""
 	neverReady := pod.Annotations[BehaviorAnnotation] == BehaviorNeverReady
 
-	running := rt.started && !rt.failed
+	failed := rt.failed || rt.initFailed
+	running := rt.started && !failed
 	switch {
-	case rt.failed:
+	case failed:
 		st.Phase = corev1.PodFailed
 	case rt.started:
 		st.Phase = corev1.PodRunning
 	default:
 		st.Phase = corev1.PodPending
 	}
-	if rt.started && st.StartTime == nil {
+	active := rt.started || rt.initStarted
+	if active && st.StartTime == nil {
 		st.StartTime = rt.startTime.DeepCopy()
 	}
+	initializing := len(pod.Spec.InitContainers) > 0 && !rt.initDone
 
 	allReady := running
 	statuses := make([]corev1.ContainerStatus, 0, len(pod.Spec.Containers))
@@ -95,6 +98,8 @@ func (rt *podRuntime) desiredStatus(pod *corev1.Pod) *corev1.PodStatus {
 		}
 		cs := rt.containers[c.Name]
 		switch {
+		case !rt.started && initializing:
+			s.State.Waiting = &corev1.ContainerStateWaiting{Reason: "PodInitializing"}
 		case !rt.started || cs == nil:
 			s.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}
 			if rt.startErr != nil {
@@ -118,27 +123,38 @@ func (rt *podRuntime) desiredStatus(pod *corev1.Pod) *corev1.PodStatus {
 		statuses = append(statuses, s)
 	}
 	st.ContainerStatuses = statuses
-	if len(pod.Spec.InitContainers) > 0 && rt.started {
-		// Init containers "ran" and completed before the Pod started.
+	if len(pod.Spec.InitContainers) > 0 && rt.inits != nil {
 		inits := make([]corev1.ContainerStatus, 0, len(pod.Spec.InitContainers))
-		for _, c := range pod.Spec.InitContainers {
-			inits = append(inits, corev1.ContainerStatus{
-				Name: c.Name, Image: c.Image, ImageID: "devnode://" + c.Image,
-				ContainerID: containerID(pod, c.Name), Started: new(false),
-				State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
-					ExitCode: 0, Reason: "Completed", StartedAt: rt.startTime, FinishedAt: rt.startTime,
-					ContainerID: containerID(pod, c.Name),
-				}},
-			})
+		for i, c := range pod.Spec.InitContainers {
+			s := corev1.ContainerStatus{
+				Name: c.Name, Image: c.Image, ImageID: "devnode://" + c.Image, Started: new(false),
+			}
+			is := rt.inits[i]
+			switch {
+			case is.terminated:
+				s.ContainerID = containerID(pod, c.Name)
+				s.State.Terminated = &corev1.ContainerStateTerminated{
+					ExitCode: is.exitCode, Reason: is.reason, Message: is.message,
+					StartedAt: is.startedAt, FinishedAt: is.finishedAt, ContainerID: s.ContainerID,
+				}
+			case is.running && !failed:
+				s.ContainerID = containerID(pod, c.Name)
+				s.State.Running = &corev1.ContainerStateRunning{StartedAt: is.startedAt}
+				s.Started = new(true)
+				s.Ready = is.sidecar
+			default:
+				s.State.Waiting = &corev1.ContainerStateWaiting{Reason: "PodInitializing"}
+			}
+			inits = append(inits, s)
 		}
 		st.InitContainerStatuses = inits
 	}
 
 	setCondition(st, corev1.PodScheduled, true, "", t)
-	setCondition(st, corev1.PodReadyToStartContainers, rt.started && !rt.failed, "", t)
-	setCondition(st, corev1.PodInitialized, rt.started, "", t)
+	setCondition(st, corev1.PodReadyToStartContainers, active && !failed, "", t)
+	setCondition(st, corev1.PodInitialized, rt.started || (rt.initDone && active), "ContainersNotInitialized", t)
 	notReady := "ContainersNotReady"
-	if rt.failed {
+	if failed {
 		notReady = "PodFailed"
 	}
 	setCondition(st, corev1.ContainersReady, allReady, notReady, t)

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"boilerhouse.dev/tools/devnode"
 )
@@ -28,6 +29,8 @@ func run() error {
 	nodeName := flag.String("node-name", devnode.DefaultNodeName, "name of the Node object")
 	ipRange := flag.String("ip-range", devnode.DefaultIPRange.String(), "loopback range for Pod IPs, FIRST-LAST")
 	workers := flag.Int("workers", devnode.DefaultWorkers, "Pod sync workers")
+	stateDir := flag.String("state-dir", "", "directory for Pod filesystems and container logs (default <user cache dir>/boilerhouse/devnode/<node-name>)")
+	kubeletPort := flag.Int("kubelet-port", 0, "port of the kubelet API endpoint (exec, logs) on 127.0.0.1; 0 picks a free one")
 	verbose := flag.Bool("v", false, "debug logging")
 	flag.Parse()
 
@@ -36,6 +39,7 @@ func run() error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	klog.SetSlogLogger(log) // the Kubernetes streaming libraries log through klog
 
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = *kubeconfig
@@ -48,11 +52,13 @@ func run() error {
 		return err
 	}
 	node, err := devnode.New(devnode.Config{
-		RestConfig: restConfig,
-		NodeName:   *nodeName,
-		IPRange:    r,
-		Logger:     log,
-		Workers:    *workers,
+		RestConfig:  restConfig,
+		NodeName:    *nodeName,
+		IPRange:     r,
+		Logger:      log,
+		Workers:     *workers,
+		StateDir:    *stateDir,
+		KubeletPort: *kubeletPort,
 	})
 	if err != nil {
 		return err
