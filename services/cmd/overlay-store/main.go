@@ -1,0 +1,160 @@
+// Command overlay-store runs the Boilerhouse overlay-store: it saves tenants' overlay
+// directories out of their Pods as versioned archives and restores them, served over NATS
+// (bh.v1.overlays.extract, .restore, .list, .delete; queue group "overlay-store"). See
+// docs/overlays.md.
+//
+// Flags (each also read from the environment variable in brackets):
+//
+//	-nats-url          NATS server URL(s)                        [NATS_URL, default nats://127.0.0.1:4222]
+//	-kubeconfig        kubeconfig file; empty: in-cluster config  [KUBECONFIG]
+//	-namespace         namespace of workloads and Pods            [K8S_NAMESPACE or BOILERHOUSE_NAMESPACE, default boilerhouse]
+//	-snapshot-dir      root of the archive store                  [SNAPSHOT_DIR, default /snapshots]
+//	-max-archive-bytes largest compressed archive                 [OVERLAY_MAX_ARCHIVE_BYTES, default 2 GiB]
+//	-max-total-bytes   largest sum of file sizes in an overlay    [OVERLAY_MAX_TOTAL_BYTES, default 8 GiB]
+//	-max-file-bytes    largest single file                        [OVERLAY_MAX_FILE_BYTES, default 4 GiB]
+//	-max-entries       most files, dirs and links in an overlay   [OVERLAY_MAX_ENTRIES, default 500000]
+//	-workers           concurrent requests per subject            [OVERLAY_STORE_WORKERS, default 32]
+//	-transfer-timeout  bound of one extract or restore            [OVERLAY_STORE_TRANSFER_TIMEOUT, default 10m]
+//	-shutdown-grace    time running transfers get on SIGTERM      [OVERLAY_STORE_SHUTDOWN_GRACE, default 2m]
+//	-log-level         debug, info, warn or error                 [LOG_LEVEL, default info]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/oklog/run"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/pkg/overlay"
+	"boilerhouse.dev/services/overlaystore"
+)
+
+func main() {
+	if err := mainErr(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "overlay-store:", err)
+		os.Exit(1)
+	}
+}
+
+func mainErr(args []string) error {
+	d := overlay.DefaultLimits
+	fs := flag.NewFlagSet("overlay-store", flag.ContinueOnError)
+	natsURL := fs.String("nats-url", env("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated")
+	kubeconfig := fs.String("kubeconfig", env("KUBECONFIG", ""), "kubeconfig file (default: in-cluster configuration)")
+	namespace := fs.String("namespace", env("K8S_NAMESPACE", env("BOILERHOUSE_NAMESPACE", overlaystore.DefaultNamespace)), "namespace of workloads and Pods")
+	dir := fs.String("snapshot-dir", env("SNAPSHOT_DIR", overlaystore.DefaultStoreDir), "root directory of the archive store")
+	maxArchive := fs.Int64("max-archive-bytes", envInt("OVERLAY_MAX_ARCHIVE_BYTES", d.MaxArchiveBytes), "largest compressed archive")
+	maxTotal := fs.Int64("max-total-bytes", envInt("OVERLAY_MAX_TOTAL_BYTES", d.MaxTotalBytes), "largest sum of file sizes in an overlay")
+	maxFile := fs.Int64("max-file-bytes", envInt("OVERLAY_MAX_FILE_BYTES", d.MaxFileBytes), "largest single file")
+	maxEntries := fs.Int64("max-entries", envInt("OVERLAY_MAX_ENTRIES", int64(d.MaxEntries)), "most entries in an overlay")
+	workers := fs.Int("workers", int(envInt("OVERLAY_STORE_WORKERS", overlaystore.DefaultWorkers)), "concurrent requests per subject")
+	transfer := fs.Duration("transfer-timeout", envDuration("OVERLAY_STORE_TRANSFER_TIMEOUT", overlaystore.DefaultTransferTimeout), "bound of one extract or restore")
+	grace := fs.Duration("shutdown-grace", envDuration("OVERLAY_STORE_SHUTDOWN_GRACE", overlaystore.DefaultShutdownGrace), "time running transfers get to finish on SIGTERM")
+	level := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("log level %q: %w", *level, err)
+	}
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	slog.SetDefault(logger)
+
+	restConfig, err := kubeConfig(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	nc, err := natsx.Connect(*natsURL, nats.Name("overlay-store"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	svc, err := overlaystore.New(overlaystore.Config{
+		RestConfig: restConfig,
+		NATS:       nc,
+		Namespace:  *namespace,
+		StoreDir:   *dir,
+		Limits: overlay.Limits{
+			MaxArchiveBytes: *maxArchive, MaxTotalBytes: *maxTotal, MaxFileBytes: *maxFile, MaxEntries: int(*maxEntries),
+		},
+		Logger:          logger,
+		Workers:         *workers,
+		TransferTimeout: *transfer,
+		ShutdownGrace:   *grace,
+	})
+	if err != nil {
+		return err
+	}
+
+	var g run.Group
+	{
+		ctx, cancel := context.WithCancel(context.Background())
+		g.Add(func() error { return svc.Run(ctx) }, func(error) { cancel() })
+	}
+	g.Add(run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM))
+	err = g.Run()
+	if errors.Is(err, run.ErrSignal) {
+		logger.Info("overlay-store stopped", "reason", err.Error())
+		return nil
+	}
+	return err
+}
+
+// kubeConfig loads the kubeconfig file, or the in-cluster configuration when path is empty.
+func kubeConfig(path string) (*rest.Config, error) {
+	if path != "" {
+		c, err := clientcmd.BuildConfigFromFlags("", path)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+		}
+		return c, nil
+	}
+	c, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no -kubeconfig given and not running in a cluster: %w", err)
+	}
+	return c, nil
+}
+
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func envInt(name string, def int64) int64 {
+	if v := env(name, ""); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			return n
+		}
+		fmt.Fprintf(os.Stderr, "overlay-store: ignoring %s=%q: not an integer\n", name, v)
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v := env(name, ""); v != "" {
+		if dur, err := time.ParseDuration(v); err == nil {
+			return dur
+		}
+		fmt.Fprintf(os.Stderr, "overlay-store: ignoring %s=%q: not a duration\n", name, v)
+	}
+	return def
+}
