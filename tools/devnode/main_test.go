@@ -29,7 +29,14 @@ import (
 // plane is the real etcd + kube-apiserver all tests of this package share.
 var plane *localkube.Plane
 
+// noPlaneEnv makes TestMain run without a control plane: TestSandboxUnprivileged re-runs this
+// binary so, as another user, for TestSandboxDirect only.
+const noPlaneEnv = "DEVNODE_TEST_NO_PLANE"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(noPlaneEnv) != "" {
+		os.Exit(m.Run())
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	p, err := localkube.Start(ctx, localkube.Options{})
 	cancel()
