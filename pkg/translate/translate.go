@@ -5,6 +5,41 @@
 // capability dropped, the RuntimeDefault seccomp profile, runAsNonRoot unless the workload opts
 // out with spec.security.allowRoot, Guaranteed QoS (requests == limits), and size limits on the
 // ephemeral storage and overlay volumes when the workload declares a disk size.
+//
+// # Overlay helper
+//
+// A workload with overlay directories (spec.filesystem.overlayDirs) gets, besides one emptyDir
+// overlay-<i> per directory mounted at the directory in the main container (see
+// docs/overlays.md and pkg/overlay):
+//
+//   - the container "overlay" (Options.HelperImage, default overlay.DefaultHelperImage, a
+//     busybox), which only waits (a shell loop around sleep that exits on SIGTERM) so that the
+//     overlay-store can exec tar in it. It mounts overlay-<i> at /overlay/<i> and the emptyDir
+//     "bh-control" at /bh, requests and limits 10m CPU and 16Mi memory (the Pod stays
+//     Guaranteed), and is hardened at least like main: every capability dropped, no privilege
+//     escalation, a read-only root filesystem, RuntimeDefault seccomp (Pod level);
+//   - with Options.Restore (a cold boot that restores), the init container "overlay-restore"
+//     with the same image, mounts and hardening, running
+//     `until [ -e /bh/restored ]; do sleep 0.1; done`, so the workload starts only once the
+//     overlay-store has restored the tenant's data and created /bh/restored.
+//
+// Users. busybox images run as root by default; the helper and the init container never need
+// root, so they always run as uid and gid 65534 ("nobody"/"nogroup", runAsNonRoot true, even for
+// an allowRoot workload). The Pod gets fsGroup 65534: Kubernetes then makes every container's
+// processes (main included) members of group 65534 and gives the overlay emptyDirs that group
+// with the setgid bit, so what main writes there is group 65534 and what the helper restores is
+// too. emptyDirs are world-writable (0777), so the helper can create entries at the top of every
+// overlay volume. The consequences, by design:
+//   - extract reads main's files as "other" or through group 65534: files main makes private
+//     (mode 0600, directories 0700) without the group bits cannot be read, so the extract fails
+//     loudly (the claim goes ReleaseFailed and keeps the Pod) instead of saving a partial copy;
+//   - restored files belong to uid 65534 and group 65534 with the archive's permission bits:
+//     main can write them where those bits grant the group write access, and can always replace
+//     them where the directory does. The codec strips owners anyway (pkg/overlay), so owners
+//     never round-trip.
+//
+// A workload needing exact ownership should run as uid 65534 itself, or have its overlay
+// directories group-writable (umask 002).
 package translate
 
 import (
@@ -23,6 +58,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"boilerhouse.dev/pkg/api/v1alpha1"
+	"boilerhouse.dev/pkg/overlay"
 )
 
 // ContainerName is the name of the workload's container in every Pod.
@@ -47,7 +83,32 @@ type Options struct {
 	// Pool is the BoilerhousePool the Pod is warmed for: it sets boilerhouse.dev/pool and
 	// boilerhouse.dev/pool-status=warming. Empty for cold-booted Pods.
 	Pool string
+	// HelperImage is the image of the overlay helper and restore init containers (default
+	// overlay.DefaultHelperImage). It needs sh, sleep, tar and touch.
+	HelperImage string
+	// Restore adds the init container overlay.RestoreInitContainer, which holds the workload
+	// back until the overlay-store has restored into the Pod (a cold boot with data). Only
+	// for a workload with overlay directories.
+	Restore bool
 }
+
+// Overlay helper shape (see the package documentation).
+const (
+	// HelperUID is the user and group of the overlay helper and restore init containers, and
+	// the Pod's fsGroup when it has overlay directories.
+	HelperUID int64 = 65534
+	// ControlVolumeSizeLimit bounds the control emptyDir (it only holds a marker file).
+	ControlVolumeSizeLimit = "1Mi"
+)
+
+// HelperCommand is the overlay helper's command: wait forever, exit at once on SIGTERM (as
+// PID 1 the shell would otherwise ignore it and hold the Pod's deletion for the grace period).
+var HelperCommand = []string{"sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"}
+
+// RestoreWaitCommand is the restore init container's command: wait until the overlay-store
+// creates overlay.RestoredMarker. A SIGTERM (the Pod is being deleted) ends it unsuccessfully,
+// so the workload never starts without its data.
+var RestoreWaitCommand = []string{"sh", "-c", "trap 'exit 143' TERM; until [ -e " + overlay.RestoredMarker + " ]; do sleep 0.1; done"}
 
 // ErrInvalidSpec is matched (errors.Is) by every *SpecError.
 var ErrInvalidSpec = errors.New("invalid workload spec")
@@ -210,6 +271,9 @@ func Pod(w *v1alpha1.BoilerhouseWorkload, opts Options) (*corev1.Pod, error) {
 	if err := Validate(w.Spec); err != nil {
 		p = append(p, err.(*SpecError).Problems...)
 	}
+	if opts.Restore && !HasOverlays(w.Spec) {
+		p = append(p, "a restore was asked for but the workload has no overlay directories")
+	}
 	annotations, err := PodAnnotations(w)
 	if err != nil {
 		p = append(p, err.(*SpecError).Problems...)
@@ -273,14 +337,40 @@ func Pod(w *v1alpha1.BoilerhouseWorkload, opts Options) (*corev1.Pod, error) {
 	c.ReadinessProbe = readinessProbe(spec.Health)
 
 	var volumes []corev1.Volume
-	if fs := spec.Filesystem; fs != nil {
-		for i, dir := range fs.OverlayDirs {
-			name := fmt.Sprintf("overlay-%d", i)
+	var helperMounts []corev1.VolumeMount
+	if HasOverlays(spec) {
+		for i, dir := range spec.Filesystem.OverlayDirs {
+			name := fmt.Sprintf("%s%d", overlay.VolumePrefix, i)
 			volumes = append(volumes, corev1.Volume{
 				Name:         name,
 				VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: copyQuantity(disk)}},
 			})
 			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: name, MountPath: dir})
+			helperMounts = append(helperMounts, corev1.VolumeMount{Name: name, MountPath: fmt.Sprintf("%s/%d", overlay.MountRoot, i)})
+		}
+		volumes = append(volumes, corev1.Volume{
+			Name: overlay.ControlVolume,
+			VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+				SizeLimit: new(resource.MustParse(ControlVolumeSizeLimit))}},
+		})
+		helperMounts = append(helperMounts, corev1.VolumeMount{Name: overlay.ControlVolume, MountPath: overlay.ControlDir})
+	}
+
+	podSecurity := &corev1.PodSecurityContext{
+		SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		RunAsNonRoot:   new(spec.Security == nil || !spec.Security.AllowRoot),
+	}
+	containers := []corev1.Container{c}
+	var initContainers []corev1.Container
+	if helperMounts != nil {
+		podSecurity.FSGroup = new(HelperUID)
+		image := opts.HelperImage
+		if image == "" {
+			image = overlay.DefaultHelperImage
+		}
+		containers = append(containers, helperContainer(overlay.HelperContainer, image, HelperCommand, helperMounts))
+		if opts.Restore {
+			initContainers = append(initContainers, helperContainer(overlay.RestoreInitContainer, image, RestoreWaitCommand, helperMounts))
 		}
 	}
 
@@ -293,19 +383,49 @@ func Pod(w *v1alpha1.BoilerhouseWorkload, opts Options) (*corev1.Pod, error) {
 			Annotations: annotations,
 		},
 		Spec: corev1.PodSpec{
-			Containers:                    []corev1.Container{c},
+			InitContainers:                initContainers,
+			Containers:                    containers,
 			Volumes:                       volumes,
 			RestartPolicy:                 corev1.RestartPolicyNever,
 			AutomountServiceAccountToken:  new(false),
 			EnableServiceLinks:            new(false),
 			TerminationGracePeriodSeconds: new(TerminationGracePeriodSeconds),
-			SecurityContext: &corev1.PodSecurityContext{
-				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-				RunAsNonRoot:   new(spec.Security == nil || !spec.Security.AllowRoot),
-			},
+			SecurityContext:               podSecurity,
 		},
 	}
 	return pod, nil
+}
+
+// HasOverlays reports whether a workload declares overlay directories, so that its Pods carry
+// the overlay helper.
+func HasOverlays(spec v1alpha1.WorkloadSpec) bool {
+	return spec.Filesystem != nil && len(spec.Filesystem.OverlayDirs) > 0
+}
+
+// helperContainer builds the overlay helper or the restore init container: tiny Guaranteed
+// resources, uid/gid HelperUID, no capabilities, no privilege escalation, read-only root.
+func helperContainer(name, image string, command []string, mounts []corev1.VolumeMount) corev1.Container {
+	res := corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse("10m"),
+		corev1.ResourceMemory: resource.MustParse("16Mi"),
+	}
+	return corev1.Container{
+		Name:            name,
+		Image:           image,
+		ImagePullPolicy: corev1.PullIfNotPresent,
+		Command:         append([]string(nil), command...),
+		Resources:       corev1.ResourceRequirements{Requests: res, Limits: res.DeepCopy()},
+		VolumeMounts:    append([]corev1.VolumeMount(nil), mounts...),
+		SecurityContext: &corev1.SecurityContext{
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			AllowPrivilegeEscalation: new(false),
+			RunAsNonRoot:             new(true),
+			RunAsUser:                new(HelperUID),
+			RunAsGroup:               new(HelperUID),
+			ReadOnlyRootFilesystem:   new(true),
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
 }
 
 // PodAnnotations decodes the workload's AnnotationPodAnnotations; nil when it has none.

@@ -301,8 +301,9 @@ func TestPodEntrypointPortsOverlays(t *testing.T) {
 	if !reflect.DeepEqual(c.VolumeMounts, wantMounts) {
 		t.Errorf("mounts = %v", c.VolumeMounts)
 	}
-	if len(pod.Spec.Volumes) != 2 || pod.Spec.Volumes[0].Name != "overlay-0" || pod.Spec.Volumes[1].Name != "overlay-1" ||
-		pod.Spec.Volumes[0].EmptyDir == nil || pod.Spec.Volumes[1].EmptyDir == nil {
+	if len(pod.Spec.Volumes) != 3 || pod.Spec.Volumes[0].Name != "overlay-0" || pod.Spec.Volumes[1].Name != "overlay-1" ||
+		pod.Spec.Volumes[2].Name != "bh-control" ||
+		pod.Spec.Volumes[0].EmptyDir == nil || pod.Spec.Volumes[1].EmptyDir == nil || pod.Spec.Volumes[2].EmptyDir == nil {
 		t.Errorf("volumes = %+v", pod.Spec.Volumes)
 	}
 }
@@ -495,4 +496,131 @@ func TestPodAnnotations(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestPodOverlayHelper(t *testing.T) {
+	helperRes := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")}
+	twoDirs := func(s *v1alpha1.WorkloadSpec) {
+		s.Filesystem = &v1alpha1.FilesystemSpec{OverlayDirs: []string{"/data", "/home/agent"}}
+	}
+	wantMounts := []corev1.VolumeMount{
+		{Name: "overlay-0", MountPath: "/overlay/0"},
+		{Name: "overlay-1", MountPath: "/overlay/1"},
+		{Name: "bh-control", MountPath: "/bh"},
+	}
+	tests := []struct {
+		name       string
+		mutate     func(*v1alpha1.WorkloadSpec)
+		opts       Options
+		wantHelper bool
+		wantInit   bool
+		wantImage  string
+		wantErr    string
+	}{
+		{"no overlay dirs", nil, Options{}, false, false, "", ""},
+		{"empty overlay dirs", func(s *v1alpha1.WorkloadSpec) { s.Filesystem = &v1alpha1.FilesystemSpec{} }, Options{}, false, false, "", ""},
+		{"helper, default image", twoDirs, Options{}, true, false, "busybox:1.36", ""},
+		{"helper, own image", twoDirs, Options{HelperImage: "registry.local/busybox:1"}, true, false, "registry.local/busybox:1", ""},
+		{"restore", twoDirs, Options{Restore: true}, true, true, "busybox:1.36", ""},
+		{"restore, allowRoot workload", func(s *v1alpha1.WorkloadSpec) {
+			twoDirs(s)
+			s.Security = &v1alpha1.SecuritySpec{AllowRoot: true}
+		}, Options{Restore: true, TenantID: "org.acme"}, true, true, "busybox:1.36", ""},
+		{"restore without overlay dirs", nil, Options{Restore: true}, false, false, "", "a restore was asked for but the workload has no overlay directories"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			opts := tt.opts
+			opts.Namespace, opts.InstanceID = "ns", "agent-c-0123456789ab"
+			pod, err := Pod(workload("agent", tt.mutate), opts)
+			if tt.wantErr != "" {
+				if !errors.Is(err, ErrInvalidSpec) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := pod.Spec
+			if !tt.wantHelper {
+				if len(s.Containers) != 1 || len(s.InitContainers) != 0 || len(s.Volumes) != 0 || s.SecurityContext.FSGroup != nil {
+					t.Fatalf("containers %d, init %d, volumes %v, fsGroup %v: want main only", len(s.Containers), len(s.InitContainers), s.Volumes, s.SecurityContext.FSGroup)
+				}
+				return
+			}
+			if len(s.Containers) != 2 || s.Containers[0].Name != "main" || s.Containers[1].Name != "overlay" {
+				t.Fatalf("containers = %v, want main and overlay", containerNames(s.Containers))
+			}
+			var checks []corev1.Container
+			checks = append(checks, s.Containers[1])
+			if tt.wantInit {
+				if len(s.InitContainers) != 1 || s.InitContainers[0].Name != "overlay-restore" {
+					t.Fatalf("init containers = %v, want overlay-restore", containerNames(s.InitContainers))
+				}
+				if want := []string{"sh", "-c", "trap 'exit 143' TERM; until [ -e /bh/restored ]; do sleep 0.1; done"}; !reflect.DeepEqual(s.InitContainers[0].Command, want) {
+					t.Errorf("init command = %q, want %q", s.InitContainers[0].Command, want)
+				}
+				checks = append(checks, s.InitContainers[0])
+			} else if len(s.InitContainers) != 0 {
+				t.Fatalf("init containers = %v, want none", containerNames(s.InitContainers))
+			}
+			if want := []string{"sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"}; !reflect.DeepEqual(s.Containers[1].Command, want) {
+				t.Errorf("helper command = %q", s.Containers[1].Command)
+			}
+			for _, c := range checks {
+				if c.Image != tt.wantImage || c.ImagePullPolicy != corev1.PullIfNotPresent {
+					t.Errorf("%s image %q %s, want %q IfNotPresent", c.Name, c.Image, c.ImagePullPolicy, tt.wantImage)
+				}
+				if !reflect.DeepEqual(c.VolumeMounts, wantMounts) {
+					t.Errorf("%s mounts = %v, want %v", c.Name, c.VolumeMounts, wantMounts)
+				}
+				if !reflect.DeepEqual(c.Resources.Requests, helperRes) || !reflect.DeepEqual(c.Resources.Limits, helperRes) {
+					t.Errorf("%s resources = %+v, want requests = limits = 10m/16Mi", c.Name, c.Resources)
+				}
+				sc := c.SecurityContext
+				if sc == nil || sc.Capabilities == nil || !reflect.DeepEqual(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) != 0 {
+					t.Fatalf("%s capabilities = %+v", c.Name, sc)
+				}
+				if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || sc.Privileged != nil {
+					t.Errorf("%s allowPrivilegeEscalation = %v", c.Name, sc.AllowPrivilegeEscalation)
+				}
+				if sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.RunAsUser == nil || *sc.RunAsUser != 65534 || sc.RunAsGroup == nil || *sc.RunAsGroup != 65534 {
+					t.Errorf("%s runAsNonRoot %v user %v group %v, want true 65534 65534", c.Name, sc.RunAsNonRoot, sc.RunAsUser, sc.RunAsGroup)
+				}
+				if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+					t.Errorf("%s readOnlyRootFilesystem = %v, want true", c.Name, sc.ReadOnlyRootFilesystem)
+				}
+				if c.ReadinessProbe != nil || len(c.Ports) != 0 || len(c.Env) != 0 {
+					t.Errorf("%s has probe/ports/env", c.Name)
+				}
+			}
+			// main mounts the overlay volumes at the dirs and not the control volume.
+			wantMain := []corev1.VolumeMount{{Name: "overlay-0", MountPath: "/data"}, {Name: "overlay-1", MountPath: "/home/agent"}}
+			if !reflect.DeepEqual(s.Containers[0].VolumeMounts, wantMain) {
+				t.Errorf("main mounts = %v, want %v", s.Containers[0].VolumeMounts, wantMain)
+			}
+			if len(s.Volumes) != 3 || s.Volumes[2].Name != "bh-control" || s.Volumes[2].EmptyDir == nil ||
+				s.Volumes[2].EmptyDir.SizeLimit == nil || s.Volumes[2].EmptyDir.SizeLimit.Cmp(resource.MustParse("1Mi")) != 0 {
+				t.Errorf("volumes = %+v", s.Volumes)
+			}
+			if g := s.SecurityContext.FSGroup; g == nil || *g != 65534 {
+				t.Errorf("fsGroup = %v, want 65534", g)
+			}
+			// The Pod stays Guaranteed: every container has requests == limits.
+			for _, c := range append(append([]corev1.Container(nil), s.Containers...), s.InitContainers...) {
+				if !reflect.DeepEqual(c.Resources.Requests, c.Resources.Limits) {
+					t.Errorf("%s requests != limits", c.Name)
+				}
+			}
+		})
+	}
+}
+
+func containerNames(cs []corev1.Container) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.Name)
+	}
+	return out
 }

@@ -22,6 +22,10 @@
 //	POST   /api/v1/tenants/{id}/release       {"workload"|"workloadRef", "force"?}
 //	         200 Released (or already ended in Error), 202 Releasing, 502 ReleaseFailed (view),
 //	         404 no such claim, 400, 503, 504.
+//	POST   /api/v1/tenants/{id}/release/retry  {"workload"|"workloadRef"}  release again a
+//	         ReleaseFailed claim (reason retry); answered like release.
+//	POST   /api/v1/tenants/{id}/release/force  {"workload"|"workloadRef"}  release without
+//	         saving the overlay (reason force; stored versions kept); answered like release.
 //	GET    /api/v1/tenants/{id}/claims/{workload}   200 claim view, 404
 //	GET    /api/v1/tenants/{id}               200 {"tenantId","claims":[...]}, 404 when no claims
 //	GET    /api/v1/tenants                    200 [{"tenantId","claims"}]
@@ -32,6 +36,21 @@
 //	PUT    /api/v1/workloads/{name}           {"spec"} 200 (spec replaced), 400, 404
 //	DELETE /api/v1/workloads/{name}           200 {"status":"deleted","name"}, 404
 //	POST|GET|PUT|DELETE /api/v1/pools[/{name}]   the same for pools
+//	GET    /api/v1/snapshots?tenant=          200 [{"tenantId","workloadRef","path","size","sha256",
+//	         "generation","createdAt"}] from the overlay-store (bh.v1.overlays.list);
+//	         503 when no overlay-store answers
+//	GET    /api/v1/workloads/{name}/snapshots?tenant=   the same for one workload
+//	GET    /api/v1/instances                  200 [{"name","phase","tenantId"?,"workloadRef"?,"ip"?,
+//	         "labels"?,"createdAt","claimedAt"?}]: Pods labelled boilerhouse.dev/managed=true
+//	GET    /api/v1/instances/{id}             200 instance, 404 (also for a Pod that is not managed)
+//	GET    /api/v1/instances/{id}/logs?tail=N&container=   200 text/plain (pods/log; container
+//	         default main, at most 4 MiB), 400 bad tail or container, 404
+//	POST   /api/v1/instances/{id}/exec        {"command":[...],"container"?} 200
+//	         {"stdout","stderr","exitCode","truncated"?} whatever the exit code (pods/exec over
+//	         SPDY, ExecTimeout, 1 MiB per stream, trailing newlines trimmed), 400 no command,
+//	         404, 504 timed out, 502 the exec stream failed
+//	POST   /api/v1/instances/{id}/destroy     200 {"status":"destroyed","instance"}: deletes the
+//	         Pod (no save, the claim is untouched), 404
 //	GET    /api/v1/health, /readyz            200 {"status":"ok","nats":"connected"}, 503 otherwise
 //	GET    /healthz                           200 while the process serves (liveness)
 //	GET    /metrics                           Prometheus
@@ -62,6 +81,10 @@
 //   - Workload and pool names follow the workload rule (DNS-1123 label);
 //     "exactly one of image.ref and image.dockerfile" is checked here because
 //     the CRD schema cannot; the rest is left to the API server's schema.
+//   - The instance routes act only on Pods labelled boilerhouse.dev/managed=true:
+//     any other Pod of the namespace is a 404, exactly like a missing one.
+//     logs and exec need Config.RestConfig (client-go, no kubectl); without it
+//     they answer 503.
 //   - Config.APIKey enables "Authorization: Bearer" on every /api/v1 route
 //     but health; the edge binary refuses to start without one unless
 //     -insecure-dev.

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -31,8 +32,9 @@ type Config struct {
 	// NATS carries every claim and tenant request to the claim-router.
 	// Required.
 	NATS *nats.Conn
-	// Client reads and writes BoilerhouseWorkloads and BoilerhousePools and
-	// lists Pods for /stats; its scheme must know the v1alpha1 types. A
+	// Client reads and writes BoilerhouseWorkloads and BoilerhousePools,
+	// lists Pods for /stats and /instances, reads and deletes managed Pods;
+	// its scheme must know the v1alpha1 types. A
 	// cached client is fine but makes reads right after a write stale. If
 	// nil, those routes answer 503 and the claim routes still work.
 	Client client.Client
@@ -58,6 +60,12 @@ type Config struct {
 	// ReleaseTimeout bounds a release, which saves the tenant's overlay
 	// (default 2m).
 	ReleaseTimeout time.Duration
+	// RestConfig reaches the API server's pods/log and pods/exec for the
+	// instance logs and exec routes (client-go). If nil, those routes answer
+	// 503; the other instance routes use Client.
+	RestConfig *rest.Config
+	// ExecTimeout bounds one exec (default 30s).
+	ExecTimeout time.Duration
 	// Registry receives the HTTP metrics and is served at /metrics. Default:
 	// a new registry with the Go and process collectors.
 	Registry *prometheus.Registry
@@ -98,6 +106,9 @@ func New(cfg Config) (*Edge, error) {
 	if cfg.ReleaseTimeout <= 0 {
 		cfg.ReleaseTimeout = DefaultReleaseTimeout
 	}
+	if cfg.ExecTimeout <= 0 {
+		cfg.ExecTimeout = DefaultExecTimeout
+	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 		cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -111,7 +122,11 @@ func New(cfg Config) (*Edge, error) {
 		sum := sha256.Sum256([]byte(cfg.APIKey))
 		e.apiKeyDigest = sum[:]
 	}
-	mux := e.routes(newBackend(&cfg).endpoints(), cfg.Registry)
+	b, err := newBackend(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	mux := e.routes(b.endpoints(), cfg.Registry)
 	e.handler = e.middleware(mux)
 	return e, nil
 }

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,11 +14,14 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/api/v1alpha1"
+	"boilerhouse.dev/pkg/translate"
 )
 
 // This file holds the edge's decisions: request validation, the HTTP status
@@ -609,3 +613,222 @@ type deletedBody struct {
 	Status string `json:"status"`
 	Name   string `json:"name"`
 }
+
+// ---- releases with a reason ------------------------------------------------
+
+// newReasonReleaseRequest builds the release request of POST
+// /api/v1/tenants/{id}/release/retry (reason retry: a ReleaseFailed claim
+// runs its release again) and /release/force (reason force: release without
+// saving the overlay; the stored versions are kept).
+func newReasonReleaseRequest(tenant string, body *claimBody, reason messages.ReleaseReason) (messages.ReleaseRequest, error) {
+	w := body.workload()
+	if err := validateWorkloadRef(w); err != nil {
+		return messages.ReleaseRequest{}, err
+	}
+	return messages.ReleaseRequest{TenantID: tenant, Workload: w, Reason: reason, Force: reason == messages.ReasonForce}, nil
+}
+
+// ---- instances (managed Pods) ----------------------------------------------
+
+// Instance routes.
+const (
+	// DefaultExecTimeout bounds one POST /api/v1/instances/{id}/exec.
+	DefaultExecTimeout = 30 * time.Second
+	// maxExecOutput bounds each of stdout and stderr of an exec answer; the
+	// rest is dropped and the answer says "truncated".
+	maxExecOutput = 1 << 20
+	// maxLogBytes bounds a logs answer (the last bytes are dropped).
+	maxLogBytes int64 = 4 << 20
+)
+
+// instanceView is a managed Pod as the REST API shows it.
+type instanceView struct {
+	Name string `json:"name"`
+	// Phase is the Pod's phase ("Unknown" when it has none yet).
+	Phase     string            `json:"phase"`
+	TenantID  string            `json:"tenantId,omitempty"`
+	Workload  string            `json:"workloadRef,omitempty"`
+	IP        string            `json:"ip,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	CreatedAt *time.Time        `json:"createdAt"`
+	// ClaimedAt is when the claim holding the instance became Active, when
+	// the claim-router knows one.
+	ClaimedAt *time.Time `json:"claimedAt,omitempty"`
+}
+
+// managed reports whether a Pod is one of Boilerhouse's: only those are
+// shown, read, exec'd into or destroyed by the instance routes.
+func managed(p *corev1.Pod) bool {
+	return p.Labels[v1alpha1.LabelManaged] == "true"
+}
+
+// newInstanceView describes a managed Pod; claimedAt maps instance ids to
+// the time their claim became Active.
+func newInstanceView(p *corev1.Pod, claimedAt map[string]*time.Time) instanceView {
+	phase := string(p.Status.Phase)
+	if phase == "" {
+		phase = "Unknown"
+	}
+	v := instanceView{
+		Name:      p.Name,
+		Phase:     phase,
+		TenantID:  p.Labels[v1alpha1.LabelTenant],
+		Workload:  p.Labels[v1alpha1.LabelWorkload],
+		IP:        p.Status.PodIP,
+		CreatedAt: createdAt(p.CreationTimestamp),
+		ClaimedAt: claimedAt[p.Name],
+	}
+	if len(p.Labels) > 0 {
+		v.Labels = p.Labels
+	}
+	return v
+}
+
+// claimTimes maps the instance of every Active claim to its claimedAt.
+func claimTimes(tenants []messages.TenantView) map[string]*time.Time {
+	out := map[string]*time.Time{}
+	for _, t := range tenants {
+		for _, c := range t.Claims {
+			if c.InstanceID != "" && c.ClaimedAt != nil {
+				out[c.InstanceID] = c.ClaimedAt
+			}
+		}
+	}
+	return out
+}
+
+// validateInstanceID checks the {id} of an instance route: a Pod name.
+func validateInstanceID(id string) error {
+	if id == "" {
+		return badRequest("instance id is required")
+	}
+	if errs := validation.IsDNS1123Subdomain(id); len(errs) > 0 {
+		return badRequest("instance id %q is not a Pod name: %s", truncate(id), errs[0])
+	}
+	return nil
+}
+
+// parseTail reads ?tail=: the number of last lines of the log, a
+// non-negative integer; empty means the whole log (up to maxLogBytes).
+func parseTail(raw string) (*int64, error) {
+	if raw == "" {
+		return nil, nil
+	}
+	n, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || n < 0 {
+		return nil, badRequest("tail %q must be a non-negative integer", truncate(raw))
+	}
+	return &n, nil
+}
+
+// podContainer checks that the Pod has the container (main when empty),
+// among its containers and init containers.
+func podContainer(p *corev1.Pod, name string) (string, error) {
+	if name == "" {
+		name = translate.ContainerName
+	}
+	for _, cs := range [][]corev1.Container{p.Spec.Containers, p.Spec.InitContainers} {
+		for _, c := range cs {
+			if c.Name == name {
+				return name, nil
+			}
+		}
+	}
+	return "", badRequest("instance %q has no container %q", p.Name, truncate(name))
+}
+
+// containerReady checks, from the Pod's status, that a container can be
+// exec'd into (running) or has logs (running or ended): otherwise 409, since
+// the state of the instance, not the request, is at fault (a Pod still
+// waiting for its restore, say).
+func containerReady(p *corev1.Pod, name string, forExec bool) error {
+	var state *corev1.ContainerState
+	for _, list := range [][]corev1.ContainerStatus{p.Status.ContainerStatuses, p.Status.InitContainerStatuses} {
+		for i := range list {
+			if list[i].Name == name {
+				state = &list[i].State
+			}
+		}
+	}
+	switch {
+	case state != nil && state.Running != nil:
+		return nil
+	case state != nil && state.Terminated != nil && !forExec:
+		return nil
+	case state != nil && state.Terminated != nil:
+		return &apiError{Status: http.StatusConflict, Code: string(messages.CodeConflict),
+			Message: fmt.Sprintf("container %q of instance %q is not running (it ended)", name, p.Name)}
+	}
+	why := "it has not started"
+	if state != nil && state.Waiting != nil && state.Waiting.Reason != "" {
+		why += ": " + state.Waiting.Reason
+	}
+	return &apiError{Status: http.StatusConflict, Code: string(messages.CodeConflict),
+		Message: fmt.Sprintf("container %q of instance %q is not running (%s)", name, p.Name, why)}
+}
+
+// execBody is the JSON body of POST /api/v1/instances/{id}/exec.
+type execBody struct {
+	Command []string `json:"command"`
+	// Container defaults to main.
+	Container string `json:"container"`
+}
+
+// validateExec checks an exec request's command.
+func validateExec(b *execBody) error {
+	if len(b.Command) == 0 {
+		return badRequest("command is required")
+	}
+	if b.Command[0] == "" {
+		return badRequest("command[0] must not be empty")
+	}
+	return nil
+}
+
+// execReply is the answer of an exec: the output (trailing newlines
+// trimmed) and the exit code, 200 whatever the code.
+type execReply struct {
+	Stdout   string `json:"stdout"`
+	Stderr   string `json:"stderr"`
+	ExitCode int    `json:"exitCode"`
+	// Truncated is set when stdout or stderr was longer than 1 MiB.
+	Truncated bool `json:"truncated,omitempty"`
+}
+
+// newExecReply trims the trailing newlines of the output.
+func newExecReply(stdout, stderr *cappedBuffer, code int) execReply {
+	return execReply{
+		Stdout:    strings.TrimRight(stdout.String(), "\r\n"),
+		Stderr:    strings.TrimRight(stderr.String(), "\r\n"),
+		ExitCode:  code,
+		Truncated: stdout.truncated || stderr.truncated,
+	}
+}
+
+// cappedBuffer keeps the first limit bytes written to it and drops the rest
+// (still reporting them written, so the stream goes on).
+type cappedBuffer struct {
+	buf       bytes.Buffer
+	limit     int
+	truncated bool
+}
+
+func (c *cappedBuffer) Write(p []byte) (int, error) {
+	if room := c.limit - c.buf.Len(); room < len(p) {
+		c.truncated = true
+		c.buf.Write(p[:max(room, 0)])
+		return len(p), nil
+	}
+	return c.buf.Write(p)
+}
+
+func (c *cappedBuffer) String() string { return c.buf.String() }
+
+// destroyedBody is the answer of POST /api/v1/instances/{id}/destroy.
+type destroyedBody struct {
+	Status   string `json:"status"`
+	Instance string `json:"instance"`
+}
+
+// plainText is a reply body written as text/plain (logs).
+type plainText []byte

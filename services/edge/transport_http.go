@@ -37,6 +37,8 @@ func (e *Edge) routes(eps endpoints, gatherer prometheus.Gatherer) *http.ServeMu
 
 	api("POST /api/v1/tenants/{id}/claim", server(eps.Claim, decodeClaim))
 	api("POST /api/v1/tenants/{id}/release", server(eps.Release, decodeRelease))
+	api("POST /api/v1/tenants/{id}/release/retry", server(eps.Release, decodeReasonRelease(messages.ReasonRetry)))
+	api("POST /api/v1/tenants/{id}/release/force", server(eps.Release, decodeReasonRelease(messages.ReasonForce)))
 	api("GET /api/v1/tenants/{id}/claims/{workload}", server(eps.GetClaim, decodeClaimGet))
 	api("GET /api/v1/tenants/{id}", server(eps.GetTenant, decodeTenant))
 	api("GET /api/v1/tenants", server(eps.ListTenants, decodeNothing))
@@ -47,6 +49,14 @@ func (e *Edge) routes(eps endpoints, gatherer prometheus.Gatherer) *http.ServeMu
 	api("GET /api/v1/workloads/{name}", server(eps.GetWorkload, decodeName("workload")))
 	api("PUT /api/v1/workloads/{name}", server(eps.UpdateWorkload, decodeWorkloadUpdate))
 	api("DELETE /api/v1/workloads/{name}", server(eps.DeleteWorkload, decodeName("workload")))
+	api("GET /api/v1/workloads/{name}/snapshots", server(eps.ListSnapshots, decodeWorkloadSnapshots))
+	api("GET /api/v1/snapshots", server(eps.ListSnapshots, decodeSnapshots))
+
+	api("GET /api/v1/instances", server(eps.ListInstances, decodeNothing))
+	api("GET /api/v1/instances/{id}", server(eps.GetInstance, decodeInstance))
+	api("GET /api/v1/instances/{id}/logs", server(eps.InstanceLogs, decodeInstanceLogs))
+	api("POST /api/v1/instances/{id}/exec", server(eps.InstanceExec, decodeInstanceExec))
+	api("POST /api/v1/instances/{id}/destroy", server(eps.DestroyInstance, decodeInstance))
 
 	api("POST /api/v1/pools", server(eps.CreatePool, decodePoolCreate))
 	api("GET /api/v1/pools", server(eps.ListPools, decodeNothing))
@@ -143,6 +153,90 @@ func decodeRelease(_ context.Context, r *http.Request) (any, error) {
 		return nil, err
 	}
 	return newReleaseRequest(tenant, &body)
+}
+
+// decodeReasonRelease reads POST /api/v1/tenants/{id}/release/retry and
+// /release/force: {"workload"|"workloadRef"}.
+func decodeReasonRelease(reason messages.ReleaseReason) httptransport.DecodeRequestFunc {
+	return func(_ context.Context, r *http.Request) (any, error) {
+		tenant, err := pathTenant(r)
+		if err != nil {
+			return nil, err
+		}
+		var body claimBody
+		if err := readJSON(r, &body); err != nil {
+			return nil, err
+		}
+		return newReasonReleaseRequest(tenant, &body, reason)
+	}
+}
+
+// decodeSnapshots reads GET /api/v1/snapshots?tenant=.
+func decodeSnapshots(_ context.Context, r *http.Request) (any, error) {
+	var req messages.OverlayListRequest
+	if r.URL.RawQuery != "" {
+		if t := r.URL.Query().Get("tenant"); t != "" {
+			if err := messages.ValidateTenantID(t); err != nil {
+				return nil, err
+			}
+			req.TenantID = t
+		}
+	}
+	return req, nil
+}
+
+// decodeWorkloadSnapshots reads GET /api/v1/workloads/{name}/snapshots?tenant=.
+func decodeWorkloadSnapshots(ctx context.Context, r *http.Request) (any, error) {
+	name := r.PathValue("name")
+	if err := validateResourceName("workload", name); err != nil {
+		return nil, err
+	}
+	req, err := decodeSnapshots(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	list := req.(messages.OverlayListRequest)
+	list.Workload = name
+	return list, nil
+}
+
+func decodeInstance(_ context.Context, r *http.Request) (any, error) {
+	id := r.PathValue("id")
+	if err := validateInstanceID(id); err != nil {
+		return nil, err
+	}
+	return instanceRequest{id: id}, nil
+}
+
+// decodeInstanceLogs reads GET /api/v1/instances/{id}/logs?tail=&container=.
+func decodeInstanceLogs(_ context.Context, r *http.Request) (any, error) {
+	id := r.PathValue("id")
+	if err := validateInstanceID(id); err != nil {
+		return nil, err
+	}
+	q := r.URL.Query()
+	tail, err := parseTail(q.Get("tail"))
+	if err != nil {
+		return nil, err
+	}
+	return logsRequest{id: id, container: q.Get("container"), tail: tail}, nil
+}
+
+// decodeInstanceExec reads POST /api/v1/instances/{id}/exec:
+// {"command": [...], "container"?}.
+func decodeInstanceExec(_ context.Context, r *http.Request) (any, error) {
+	id := r.PathValue("id")
+	if err := validateInstanceID(id); err != nil {
+		return nil, err
+	}
+	var body execBody
+	if err := readJSON(r, &body); err != nil {
+		return nil, err
+	}
+	if err := validateExec(&body); err != nil {
+		return nil, err
+	}
+	return execRequest{id: id, body: body}, nil
 }
 
 func decodeClaimGet(_ context.Context, r *http.Request) (any, error) {
@@ -312,9 +406,17 @@ func encodeReply(_ context.Context, w http.ResponseWriter, response any) error {
 	if r.Location != "" {
 		h.Set("Location", r.Location)
 	}
+	if text, ok := r.Body.(plainText); ok {
+		h["Content-Type"] = textContentType
+		w.WriteHeader(r.Status)
+		_, _ = w.Write(text)
+		return nil
+	}
 	writeJSON(w, r.Status, r.Body)
 	return nil
 }
+
+var textContentType = []string{"text/plain; charset=utf-8"}
 
 // encodeError answers a failed request with {"error", "code"}, its status
 // and, for retryable failures, Retry-After. When the request's context is

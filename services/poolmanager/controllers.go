@@ -364,7 +364,7 @@ func (m *Manager) poolPods(ctx context.Context, pool string) ([]*corev1.Pod, err
 
 func (m *Manager) createPoolPod(ctx context.Context, w *v1alpha1.BoilerhouseWorkload, pool string) error {
 	name := translate.PoolInstanceID(w.Name)
-	pod, err := translate.Pod(w, translate.Options{Namespace: m.cfg.Namespace, InstanceID: name, Pool: pool})
+	pod, err := translate.Pod(w, translate.Options{Namespace: m.cfg.Namespace, InstanceID: name, Pool: pool, HelperImage: m.cfg.HelperImage})
 	if err != nil {
 		return err
 	}

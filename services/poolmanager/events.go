@@ -71,7 +71,8 @@ func (m *Manager) instanceEvent(p *corev1.Pod, phase, reason, detail string) {
 		return
 	}
 	workload := p.Labels[v1alpha1.LabelWorkload]
-	inst := instanceOf(p, tenant, phase)
+	inst := instanceOf(p, nil, tenant, phase)
+	inst.ReleaseAction = ""
 	inst.Ready = false
 	inst.Detail = detail
 	msg := eventMsg{

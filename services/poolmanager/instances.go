@@ -23,6 +23,9 @@ const (
 	PhaseBooted   = "booted"   // a cold-booted Pod, Ready
 	PhaseFailed   = "failed"   // the Pod failed
 	PhaseDeleted  = "deleted"  // the Pod is gone
+	// PhaseAwaitingRestore: a cold-booted Pod whose restore init container waits for the
+	// overlay-store (messages.InstancePhaseAwaitingRestore).
+	PhaseAwaitingRestore = messages.InstancePhaseAwaitingRestore
 )
 
 // Acquire hands a Ready pool Pod of the workload to a claim. It answers from the informer
@@ -50,12 +53,13 @@ func (m *Manager) Acquire(ctx context.Context, req messages.AcquireRequest) (mes
 			return zero, err
 		}
 		if pod != nil && PodReady(pod) {
-			return instanceOf(pod, e.TenantID, PhaseAcquired), nil
+			return instanceOf(pod, m.cachedWorkload(ctx, req.Workload), e.TenantID, PhaseAcquired), nil
 		}
 		return zero, messages.Errorf(messages.CodeCapacityExhausted, "instance %s of claim %s is no longer ready", key, req.ClaimID)
 	}
 
-	if _, err := m.readyWorkload(ctx, req.Workload); err != nil {
+	w, err := m.readyWorkload(ctx, req.Workload)
+	if err != nil {
 		return zero, err
 	}
 	// A few candidates at a time: a lost ledger create (another replica won) moves on to the next.
@@ -87,7 +91,7 @@ func (m *Manager) Acquire(ctx context.Context, req messages.AcquireRequest) (mes
 				continue // another replica took it; the ledger now holds it, so skip drops it
 			}
 			m.inventory.remove(p.Name)
-			inst := instanceOf(p, req.TenantID, PhaseAcquired)
+			inst := instanceOf(p, w, req.TenantID, PhaseAcquired)
 			// After the answer: labels (off the request path) and the refill.
 			m.labelQueue.Add(p.Name)
 			m.triggerPool(pool)
@@ -100,19 +104,39 @@ func (m *Manager) Acquire(ctx context.Context, req messages.AcquireRequest) (mes
 // Boot creates the Pod of a claim (named from the claim id, so a retry finds it), records it
 // in the ledger and waits until it is Ready.
 //
-// Errors: invalid_argument (request, or workload not Ready), not_found (unknown workload),
-// conflict (the instance belongs to someone else or is being deleted), internal with a message
-// starting "pod failed:" when the Pod fails, capacity_exhausted "unschedulable: ..." when it
-// cannot be scheduled, deadline_exceeded when it is not Ready in time (it keeps booting; a
-// retry with the same claim id waits for the same Pod).
+// A boot with RestoreGeneration > 0 (a cold boot with data) creates the Pod with the restore
+// init container (translate.Options.Restore), which holds the workload back until the
+// overlay-store has restored into it, and answers as soon as that init container runs: Ready
+// false, Phase messages.InstancePhaseAwaitingRestore. The ledger entry then records that the
+// answer was given (RestoreOffered), so that the boot the claim-router sends after the restore
+// (same claim id, with or without RestoreGeneration) waits for Ready instead, even while the
+// Pod's status still shows the init container running for a moment. Should the init container
+// still run RestoreRepeatGrace into such a repeated boot (the earlier answer was lost, or the
+// router restarted before restoring), it answers awaiting-restore again. A concurrent
+// duplicate of the first boot answers awaiting-restore too.
+//
+// Errors: invalid_argument (request, workload not Ready, or a restore asked for a workload
+// without overlay directories), not_found (unknown workload), conflict (the instance belongs to
+// someone else, is being deleted, or was booted without the restore gate a retry now asks
+// for), internal with a message starting "pod failed:" when the Pod fails (an interrupted
+// restore init container included), capacity_exhausted "unschedulable: ..." when it cannot be
+// scheduled, deadline_exceeded when it is not Ready (or not awaiting its restore) in time (it
+// keeps booting; a retry with the same claim id waits for the same Pod).
 func (m *Manager) Boot(ctx context.Context, req messages.BootRequest) (messages.Instance, error) {
 	var zero messages.Instance
 	if err := validateClaimRef(req.TenantID, req.Workload, req.ClaimID); err != nil {
 		return zero, err
 	}
+	if req.RestoreGeneration < 0 {
+		return zero, messages.Errorf(messages.CodeInvalidArgument, "restoreGeneration %d must not be negative", req.RestoreGeneration)
+	}
 	w, err := m.readyWorkload(ctx, req.Workload)
 	if err != nil {
 		return zero, err
+	}
+	restore := req.RestoreGeneration > 0
+	if restore && !translate.HasOverlays(w.Spec) {
+		return zero, messages.Errorf(messages.CodeInvalidArgument, "workload %q has no overlay directories to restore into", req.Workload)
 	}
 	name := translate.ClaimInstanceID(req.Workload, req.ClaimID)
 	if e, ok := m.ledger.Get(name); ok {
@@ -131,8 +155,13 @@ func (m *Manager) Boot(ctx context.Context, req messages.BootRequest) (messages.
 		if t := pod.Labels[v1alpha1.LabelTenant]; t != "" && t != req.TenantID {
 			return zero, messages.Errorf(messages.CodeConflict, "instance %s belongs to tenant %q", name, t)
 		}
+		if restore && !RestoreGated(pod) && pod.DeletionTimestamp == nil {
+			return zero, messages.Errorf(messages.CodeConflict,
+				"instance %s of claim %s was booted without a restore; retire it before booting with restoreGeneration %d", name, req.ClaimID, req.RestoreGeneration)
+		}
 	} else {
-		p, err := translate.Pod(w, translate.Options{Namespace: m.cfg.Namespace, InstanceID: name, TenantID: req.TenantID})
+		p, err := translate.Pod(w, translate.Options{Namespace: m.cfg.Namespace, InstanceID: name, TenantID: req.TenantID,
+			HelperImage: m.cfg.HelperImage, Restore: restore})
 		if err != nil {
 			return zero, messages.Errorf(messages.CodeInvalidArgument, "workload %q: %v", req.Workload, err)
 		}
@@ -140,10 +169,12 @@ func (m *Manager) Boot(ctx context.Context, req messages.BootRequest) (messages.
 			return zero, kubeError("create pod "+name, err)
 		}
 	}
+	// offered: an earlier boot of this claim already answered awaiting-restore.
+	offered := false
 	if !m.ledger.Held(name) {
 		ok, err := m.ledger.Create(ctx, name, LedgerEntry{
 			ClaimKey: req.ClaimKey, ClaimID: req.ClaimID, TenantID: req.TenantID, Workload: req.Workload,
-			State: StateAcquired, At: time.Now().UTC(), By: m.cfg.ReplicaID,
+			State: StateAcquired, At: time.Now().UTC(), By: m.cfg.ReplicaID, RestoreGeneration: req.RestoreGeneration,
 		})
 		if err != nil {
 			return zero, err
@@ -157,12 +188,32 @@ func (m *Manager) Boot(ctx context.Context, req messages.BootRequest) (messages.
 				if err := sameClaim(name, e, req.ClaimID); err != nil {
 					return zero, err
 				}
+				offered = e.RestoreOffered
 			}
+		}
+	} else if pod == nil || RestoreGated(pod) {
+		// A repeated boot: read the entry itself, not the view, which may lag behind the
+		// replica that answered the first boot.
+		e, found, err := m.ledger.Read(ctx, name)
+		if err != nil {
+			return zero, err
+		}
+		if found {
+			if err := sameClaim(name, e, req.ClaimID); err != nil {
+				return zero, err
+			}
+			offered = e.RestoreOffered
 		}
 	}
 
 	wctx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
 	defer cancel()
+	var graceOver <-chan time.Time
+	if offered {
+		t := time.NewTimer(m.cfg.RestoreRepeatGrace)
+		defer t.Stop()
+		graceOver = t.C
+	}
 	seen := false
 	for {
 		pod, err := m.cachedPod(wctx, name)
@@ -177,9 +228,16 @@ func (m *Manager) Boot(ctx context.Context, req messages.BootRequest) (messages.
 		case pod.DeletionTimestamp != nil:
 			return zero, messages.Errorf(messages.CodeConflict, "instance %s is being deleted", name)
 		case PodReady(pod):
-			return instanceOf(pod, req.TenantID, PhaseBooted), nil
+			return instanceOf(pod, w, req.TenantID, PhaseBooted), nil
 		case PodFinished(pod):
 			return zero, messages.Errorf(messages.CodeInternal, "pod failed: %s", FailureReason(pod))
+		case RestoreWaiting(pod) && !offered:
+			if err := m.offerRestore(wctx, name, req.ClaimID); err != nil {
+				return zero, err
+			}
+			inst := instanceOf(pod, w, req.TenantID, PhaseAwaitingRestore)
+			inst.Ready = false
+			return inst, nil
 		default:
 			if msg, ok := Unschedulable(pod); ok {
 				return zero, messages.Errorf(messages.CodeCapacityExhausted, "unschedulable: %s", msg)
@@ -188,10 +246,29 @@ func (m *Manager) Boot(ctx context.Context, req messages.BootRequest) (messages.
 		seen = seen || pod != nil
 		select {
 		case <-wake:
+		case <-graceOver:
+			// The restore init container still waits well after the first answer: nobody
+			// is restoring, so say again that it awaits its restore.
+			offered, graceOver = false, nil
+			m.log.Info("repeated boot: instance still awaits its restore", "instance", name, "claim", req.ClaimID)
 		case <-wctx.Done():
 			return zero, messages.Errorf(messages.CodeDeadlineExceeded, "instance %s is not ready yet", name)
 		}
 	}
+}
+
+// offerRestore records in the ledger entry of a Pod that a boot answered awaiting-restore.
+func (m *Manager) offerRestore(ctx context.Context, name, claimID string) error {
+	return m.ledger.Update(ctx, name, func(e *LedgerEntry) (bool, error) {
+		if err := sameClaim(name, *e, claimID); err != nil {
+			return false, err
+		}
+		if e.RestoreOffered {
+			return false, nil
+		}
+		e.RestoreOffered = true
+		return true, nil
+	})
 }
 
 // Retire deletes an instance's Pod and then its ledger entry. Retiring an instance that is
@@ -285,15 +362,29 @@ func objectMeta(namespace, name string) metav1.ObjectMeta {
 	return metav1.ObjectMeta{Namespace: namespace, Name: name}
 }
 
-func instanceOf(p *corev1.Pod, tenant, phase string) messages.Instance {
+// cachedWorkload reads a workload from the cache; nil when it cannot be read.
+func (m *Manager) cachedWorkload(ctx context.Context, name string) *v1alpha1.BoilerhouseWorkload {
+	var w v1alpha1.BoilerhouseWorkload
+	if err := m.client.Get(ctx, types.NamespacedName{Namespace: m.cfg.Namespace, Name: name}, &w); err != nil {
+		return nil
+	}
+	return &w
+}
+
+// instanceOf describes a Pod for a reply. Overlays says whether the Pod carries the overlay
+// helper (what extract and restore need); ReleaseAction is w's idle.action (default
+// hibernate, also when w is nil).
+func instanceOf(p *corev1.Pod, w *v1alpha1.BoilerhouseWorkload, tenant, phase string) messages.Instance {
 	return messages.Instance{
-		InstanceID: p.Name,
-		Workload:   p.Labels[v1alpha1.LabelWorkload],
-		Pool:       p.Labels[v1alpha1.LabelPool],
-		TenantID:   tenant,
-		Endpoint:   Endpoint(p),
-		Ready:      PodReady(p),
-		Phase:      phase,
+		InstanceID:    p.Name,
+		Workload:      p.Labels[v1alpha1.LabelWorkload],
+		Pool:          p.Labels[v1alpha1.LabelPool],
+		TenantID:      tenant,
+		Endpoint:      Endpoint(p),
+		Ready:         PodReady(p),
+		Phase:         phase,
+		Overlays:      HasOverlayHelper(p),
+		ReleaseAction: ReleaseAction(w),
 	}
 }
 

@@ -161,6 +161,42 @@ func (l *ledger) Create(ctx context.Context, key string, entry LedgerEntry) (boo
 	return true, nil
 }
 
+// Update changes key's entry with a compare-and-swap on its revision, retrying when another
+// writer got there first. mutate returns false to leave the entry as it is; an error from it
+// ends the update with that error. A missing key is a conflict (the instance was retired).
+func (l *ledger) Update(ctx context.Context, key string, mutate func(*LedgerEntry) (bool, error)) error {
+	for {
+		e, err := l.kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			return messages.Errorf(messages.CodeConflict, "instance %s is no longer held", key)
+		case err != nil:
+			return natsError("ledger read "+key, err)
+		}
+		var entry LedgerEntry
+		if err := json.Unmarshal(e.Value(), &entry); err != nil {
+			return messages.Errorf(messages.CodeInternal, "malformed ledger entry %s: %v", key, err)
+		}
+		change, err := mutate(&entry)
+		if err != nil || !change {
+			return err
+		}
+		b, err := json.Marshal(entry)
+		if err != nil {
+			return err
+		}
+		rev, err := l.kv.Update(ctx, key, b, e.Revision())
+		switch {
+		case natsx.IsConflict(err):
+			continue
+		case err != nil:
+			return natsError("ledger update "+key, err)
+		}
+		l.put(key, entry, rev)
+		return nil
+	}
+}
+
 // Read reads key from the KV bucket itself (not the view).
 func (l *ledger) Read(ctx context.Context, key string) (LedgerEntry, bool, error) {
 	e, err := l.kv.Get(ctx, key)

@@ -53,6 +53,9 @@ var (
 	}
 )
 
+// testRestoreGrace is the shared replica's RestoreRepeatGrace.
+const testRestoreGrace = 2 * time.Second
+
 // testIPRange keeps this package's Pod IPs apart from other test packages running at once.
 var testIPRange = devnode.IPRange{
 	First: netip.MustParseAddr("127.77.0.1"),
@@ -132,7 +135,7 @@ func runTests(m *testing.M) int {
 	}()
 
 	pm, err = New(Config{RestConfig: p.Config, NATS: nc, Namespace: testNamespace, Logger: testLogger(),
-		ReplicaID: "test-replica", BootTimeout: 20 * time.Second})
+		ReplicaID: "test-replica", BootTimeout: 20 * time.Second, RestoreRepeatGrace: testRestoreGrace})
 	if err != nil {
 		return fail("pool-manager", err)
 	}

@@ -36,6 +36,7 @@ import (
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/api/v1alpha1"
+	"boilerhouse.dev/pkg/overlay"
 )
 
 // Defaults for zero Config fields.
@@ -43,6 +44,8 @@ const (
 	DefaultNamespace      = "boilerhouse"
 	DefaultBootTimeout    = 2 * time.Minute
 	DefaultWarmingTimeout = 5 * time.Minute
+	// DefaultRestoreRepeatGrace: see Config.RestoreRepeatGrace.
+	DefaultRestoreRepeatGrace = 10 * time.Second
 	// LeaderElectionID names the Lease the replicas compete for.
 	LeaderElectionID = "boilerhouse-pool-manager"
 )
@@ -74,6 +77,13 @@ type Config struct {
 	HealthAddr string
 	// Workers bounds concurrent NATS handlers per subject (default 256).
 	Workers int
+	// HelperImage is the image of the overlay helper and restore init containers of Pods of
+	// workloads with overlay directories (default overlay.DefaultHelperImage).
+	HelperImage string
+	// RestoreRepeatGrace is how long a repeated boot of a claim whose Pod still waits for its
+	// restore waits for the restore init container to finish before it answers
+	// awaiting-restore again (default 10s; see Manager.Boot).
+	RestoreRepeatGrace time.Duration
 }
 
 // Manager is one pool-manager replica. It implements Service.
@@ -128,6 +138,12 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.WarmingTimeout <= 0 {
 		cfg.WarmingTimeout = DefaultWarmingTimeout
+	}
+	if cfg.RestoreRepeatGrace <= 0 {
+		cfg.RestoreRepeatGrace = DefaultRestoreRepeatGrace
+	}
+	if cfg.HelperImage == "" {
+		cfg.HelperImage = overlay.DefaultHelperImage
 	}
 	if cfg.MetricsAddr == "" {
 		cfg.MetricsAddr = "0"

@@ -13,6 +13,7 @@ import (
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/api/v1alpha1"
+	"boilerhouse.dev/pkg/overlay"
 	"boilerhouse.dev/pkg/translate"
 )
 
@@ -43,6 +44,12 @@ type LedgerEntry struct {
 	At       time.Time   `json:"at"`
 	// By is the replica that wrote the entry.
 	By string `json:"by,omitempty"`
+	// RestoreGeneration is the overlay generation a cold boot was asked to restore (its Pod
+	// carries the restore init container); 0 for none.
+	RestoreGeneration int64 `json:"restoreGeneration,omitempty"`
+	// RestoreOffered is set once a boot answered awaiting-restore for the Pod: later boots of
+	// the claim wait for Ready instead (see Manager.Boot).
+	RestoreOffered bool `json:"restoreOffered,omitempty"`
 }
 
 // PodInfo is what the pool planner needs to know about one Pod of a pool.
@@ -184,8 +191,53 @@ func PodFinished(p *corev1.Pod) bool {
 	return p.Status.Phase == corev1.PodFailed || p.Status.Phase == corev1.PodSucceeded
 }
 
-// Endpoint is where a ready Pod serves: its IP and the first port of its main container.
+// RestoreWaiting reports whether the Pod's restore init container (overlay.RestoreInitContainer)
+// is running, i.e. waiting for the overlay-store to restore into it.
+func RestoreWaiting(p *corev1.Pod) bool {
+	for _, s := range p.Status.InitContainerStatuses {
+		if s.Name == overlay.RestoreInitContainer {
+			return s.State.Running != nil
+		}
+	}
+	return false
+}
+
+// RestoreGated reports whether the Pod has the restore init container.
+func RestoreGated(p *corev1.Pod) bool {
+	for _, c := range p.Spec.InitContainers {
+		if c.Name == overlay.RestoreInitContainer {
+			return true
+		}
+	}
+	return false
+}
+
+// HasOverlayHelper reports whether the Pod carries the overlay helper container, which the
+// overlay-store needs to extract and restore (messages.Instance.Overlays).
+func HasOverlayHelper(p *corev1.Pod) bool {
+	for _, c := range p.Spec.Containers {
+		if c.Name == overlay.HelperContainer {
+			return true
+		}
+	}
+	return false
+}
+
+// ReleaseAction is the workload's idle.action, "hibernate" when unset or when the workload is
+// unknown (nil).
+func ReleaseAction(w *v1alpha1.BoilerhouseWorkload) string {
+	if w != nil && w.Spec.Idle != nil && w.Spec.Idle.Action != "" {
+		return string(w.Spec.Idle.Action)
+	}
+	return string(v1alpha1.IdleActionHibernate)
+}
+
+// Endpoint is where a Pod serves: its IP and the first port of its main container; nil while
+// it has no IP.
 func Endpoint(p *corev1.Pod) *messages.Endpoint {
+	if p.Status.PodIP == "" {
+		return nil
+	}
 	ep := &messages.Endpoint{Host: p.Status.PodIP}
 	for _, c := range p.Spec.Containers {
 		if c.Name == translate.ContainerName && len(c.Ports) > 0 {

@@ -257,3 +257,64 @@ func TestPodHelpers(t *testing.T) {
 		t.Error("HeldBy wrong")
 	}
 }
+
+func TestOverlayPodHelpers(t *testing.T) {
+	running := corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}
+	done := corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed"}}
+	waiting := corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "PodInitializing"}}
+	pod := func(init []string, containers []string, statuses map[string]corev1.ContainerState) *corev1.Pod {
+		p := &corev1.Pod{}
+		for _, n := range init {
+			p.Spec.InitContainers = append(p.Spec.InitContainers, corev1.Container{Name: n})
+		}
+		for _, n := range containers {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: n})
+		}
+		for n, s := range statuses {
+			p.Status.InitContainerStatuses = append(p.Status.InitContainerStatuses, corev1.ContainerStatus{Name: n, State: s})
+		}
+		return p
+	}
+	tests := []struct {
+		name                     string
+		pod                      *corev1.Pod
+		gated, waiting, overlays bool
+	}{
+		{"plain", pod(nil, []string{"main"}, nil), false, false, false},
+		{"helper only", pod(nil, []string{"main", "overlay"}, nil), false, false, true},
+		{"gated, not started", pod([]string{"overlay-restore"}, []string{"main", "overlay"}, nil), true, false, true},
+		{"gated, waiting to start", pod([]string{"overlay-restore"}, []string{"main", "overlay"}, map[string]corev1.ContainerState{"overlay-restore": waiting}), true, false, true},
+		{"gated, running", pod([]string{"overlay-restore"}, []string{"main", "overlay"}, map[string]corev1.ContainerState{"overlay-restore": running}), true, true, true},
+		{"gated, done", pod([]string{"overlay-restore"}, []string{"main", "overlay"}, map[string]corev1.ContainerState{"overlay-restore": done}), true, false, true},
+		{"another init running", pod([]string{"other"}, []string{"main"}, map[string]corev1.ContainerState{"other": running}), false, false, false},
+	}
+	for _, tt := range tests {
+		if got := RestoreGated(tt.pod); got != tt.gated {
+			t.Errorf("%s: RestoreGated = %v, want %v", tt.name, got, tt.gated)
+		}
+		if got := RestoreWaiting(tt.pod); got != tt.waiting {
+			t.Errorf("%s: RestoreWaiting = %v, want %v", tt.name, got, tt.waiting)
+		}
+		if got := HasOverlayHelper(tt.pod); got != tt.overlays {
+			t.Errorf("%s: HasOverlayHelper = %v, want %v", tt.name, got, tt.overlays)
+		}
+	}
+
+	for _, tt := range []struct {
+		w    *v1alpha1.BoilerhouseWorkload
+		want string
+	}{
+		{nil, "hibernate"},
+		{&v1alpha1.BoilerhouseWorkload{}, "hibernate"},
+		{&v1alpha1.BoilerhouseWorkload{Spec: v1alpha1.WorkloadSpec{Idle: &v1alpha1.IdleSpec{TimeoutSeconds: 60}}}, "hibernate"},
+		{&v1alpha1.BoilerhouseWorkload{Spec: v1alpha1.WorkloadSpec{Idle: &v1alpha1.IdleSpec{Action: v1alpha1.IdleActionDestroy}}}, "destroy"},
+		{&v1alpha1.BoilerhouseWorkload{Spec: v1alpha1.WorkloadSpec{Idle: &v1alpha1.IdleSpec{Action: v1alpha1.IdleActionHibernate}}}, "hibernate"},
+	} {
+		if got := ReleaseAction(tt.w); got != tt.want {
+			t.Errorf("ReleaseAction(%+v) = %q, want %q", tt.w, got, tt.want)
+		}
+	}
+	if ep := Endpoint(&corev1.Pod{}); ep != nil {
+		t.Errorf("Endpoint of a Pod without IP = %+v, want nil", ep)
+	}
+}

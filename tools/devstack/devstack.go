@@ -139,7 +139,8 @@ func Run(ctx context.Context, cfg Config) error {
 	var g run.Group
 	g.Add(func() error { <-ctx.Done(); return nil }, func(error) { cancel() })
 	if kube.plane != nil {
-		node, err := devnode.New(devnode.Config{RestConfig: kube.config, Logger: log.With("part", "devnode")})
+		node, err := devnode.New(devnode.Config{RestConfig: kube.config, StateDir: filepath.Join(cfg.StateDir, "devnode"),
+			Logger: log.With("part", "devnode")})
 		if err != nil {
 			return err
 		}

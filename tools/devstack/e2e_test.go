@@ -75,8 +75,13 @@ func startStack(t *testing.T, root, dir string) *stack {
 	st := &stack{cmd: cmd, done: make(chan error, 1)}
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-st.done
+			_ = cmd.Process.Signal(syscall.SIGINT) // a clean stop ends the sandboxed processes too
+			select {
+			case <-st.done:
+			case <-time.After(30 * time.Second):
+				_ = cmd.Process.Kill()
+				<-st.done
+			}
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(logs.Name())

@@ -98,7 +98,7 @@ func startSystem(t *testing.T) *system {
 		t.Fatal(err)
 	}
 	ips, _ := devnode.ParseIPRange("127.90.0.1-127.90.255.254")
-	node, err := devnode.New(devnode.Config{RestConfig: plane.Config, IPRange: ips})
+	node, err := devnode.New(devnode.Config{RestConfig: plane.Config, IPRange: ips, StateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

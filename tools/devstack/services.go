@@ -3,6 +3,7 @@ package devstack
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -13,6 +14,7 @@ import (
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/services/claimrouter"
 	"boilerhouse.dev/services/edge"
+	"boilerhouse.dev/services/overlaystore"
 	"boilerhouse.dev/services/poolmanager"
 )
 
@@ -53,10 +55,22 @@ func newServices(_ context.Context, cfg Config, rc *rest.Config, kc client.Clien
 	}
 	s.actors = append(s.actors, cr.Run)
 
+	// overlay-store: archives under the stack's state dir, so they outlive a restart.
+	if nc, err = conn("overlay-store"); err != nil {
+		return nil, err
+	}
+	store, err := overlaystore.New(overlaystore.Config{RestConfig: rc, NATS: nc, Namespace: cfg.Namespace,
+		StoreDir: filepath.Join(cfg.StateDir, "snapshots"), Logger: log}) // it names itself "overlay-store"
+	if err != nil {
+		return nil, err
+	}
+	s.actors = append(s.actors, store.Run)
+
 	if nc, err = conn("edge"); err != nil {
 		return nil, err
 	}
-	ed, err := edge.New(edge.Config{NATS: nc, Client: kc, Namespace: cfg.Namespace, Addr: cfg.HTTPAddr, Logger: log.With("service", "edge")})
+	ed, err := edge.New(edge.Config{NATS: nc, Client: kc, RestConfig: rc, Namespace: cfg.Namespace, Addr: cfg.HTTPAddr,
+		Logger: log.With("service", "edge")})
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@
 //	-kubeconfig    KUBECONFIG           kubeconfig; empty: in-cluster or ~/.kube/config
 //	-namespace     K8S_NAMESPACE        namespace of workloads, pools and Pods (default boilerhouse)
 //	-log-level     LOG_LEVEL            debug, info, warn or error (default info)
+//	-exec-timeout  EXEC_TIMEOUT         bound of POST /api/v1/instances/{id}/exec (default 30s)
 //	-insecure-dev  INSECURE_DEV=true    serve without an API key (development only)
 //	               BOILERHOUSE_API_KEY  API key required as "Authorization: Bearer <key>"
 //
@@ -25,6 +26,7 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/oklog/run"
@@ -55,6 +57,16 @@ func env(key, def string) string {
 	return def
 }
 
+func envDuration(key string, def time.Duration) time.Duration {
+	if v := env(key, ""); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
+		fmt.Fprintf(os.Stderr, "edge: ignoring %s=%q: not a duration\n", key, v)
+	}
+	return def
+}
+
 func mainErr(args []string) error {
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
 	insecureDefault, _ := strconv.ParseBool(os.Getenv("INSECURE_DEV"))
@@ -64,6 +76,7 @@ func mainErr(args []string) error {
 		kubeconfig  = fs.String("kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty: in-cluster or ~/.kube/config")
 		namespace   = fs.String("namespace", env("K8S_NAMESPACE", edge.DefaultNamespace), "namespace of workloads, pools and Pods")
 		logLevel    = fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+		execTimeout = fs.Duration("exec-timeout", envDuration("EXEC_TIMEOUT", edge.DefaultExecTimeout), "how long an instance exec may run")
 		insecureDev = fs.Bool("insecure-dev", insecureDefault, "serve without an API key (development only)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -112,12 +125,14 @@ func mainErr(args []string) error {
 	defer nc.Close()
 
 	e, err := edge.New(edge.Config{
-		NATS:      nc,
-		Client:    kube,
-		Namespace: *namespace,
-		Logger:    logger,
-		Addr:      *addr,
-		APIKey:    apiKey,
+		NATS:        nc,
+		Client:      kube,
+		RestConfig:  restConfig,
+		Namespace:   *namespace,
+		Logger:      logger,
+		Addr:        *addr,
+		APIKey:      apiKey,
+		ExecTimeout: *execTimeout,
 	})
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@
 //	-warming-timeout replace pool Pods unready for this long  [POOL_MANAGER_WARMING_TIMEOUT, default 5m]
 //	-metrics-addr    Prometheus metrics listener, 0: none     [POOL_MANAGER_METRICS_ADDR, default :9090]
 //	-health-addr     /healthz and /readyz listener, 0: none   [POOL_MANAGER_HEALTH_ADDR, default :9091]
+//	-helper-image    image of the overlay helper containers   [OVERLAY_HELPER_IMAGE, default busybox:1.36]
 //	-provision       create/update buckets and streams        [POOL_MANAGER_PROVISION, default true]
 //	-log-level       debug, info, warn or error               [LOG_LEVEL, default info]
 package main
@@ -36,6 +37,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/pkg/overlay"
 	"boilerhouse.dev/services/poolmanager"
 )
 
@@ -58,6 +60,7 @@ func mainErr(args []string) error {
 	warmingTimeout := fs.Duration("warming-timeout", envDuration("POOL_MANAGER_WARMING_TIMEOUT", poolmanager.DefaultWarmingTimeout), "replace pool Pods that stay unready this long")
 	metricsAddr := fs.String("metrics-addr", env("POOL_MANAGER_METRICS_ADDR", ":9090"), "metrics listener address, 0 for none")
 	healthAddr := fs.String("health-addr", env("POOL_MANAGER_HEALTH_ADDR", ":9091"), "health probe listener address, 0 for none")
+	helperImage := fs.String("helper-image", env("OVERLAY_HELPER_IMAGE", overlay.DefaultHelperImage), "image of the overlay helper and restore init containers (needs sh, sleep, tar, touch)")
 	provision := fs.Bool("provision", envBool("POOL_MANAGER_PROVISION", true), "create or update the KV buckets and streams at start")
 	level := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
@@ -103,6 +106,7 @@ func mainErr(args []string) error {
 		WarmingTimeout: *warmingTimeout,
 		MetricsAddr:    *metricsAddr,
 		HealthAddr:     *healthAddr,
+		HelperImage:    *helperImage,
 	})
 	if err != nil {
 		return err
