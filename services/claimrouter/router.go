@@ -31,7 +31,14 @@ const (
 	DefaultWait          = 30 * time.Second
 	DefaultMaxWait       = 5 * time.Minute
 	DefaultCallTimeout   = 30 * time.Second
+	// DefaultOverlayTimeout bounds one extract or restore call.
+	DefaultOverlayTimeout = 5 * time.Minute
 )
+
+// DefaultExtractBackoff is the pause before each retry of a failed
+// overlay extract (or delete) of a release: 1s, 4s, 16s, then the release
+// fails with the instance kept.
+var DefaultExtractBackoff = []time.Duration{time.Second, 4 * time.Second, 16 * time.Second}
 
 const (
 	// maxRequests bounds concurrent requests per subject. Claim requests
@@ -83,9 +90,19 @@ type Config struct {
 	DefaultWait time.Duration
 	// MaxWait caps a claim request's WaitMillis; default 5m.
 	MaxWait time.Duration
-	// CallTimeout bounds one request to pool-manager; default 30s. A boot
-	// that times out is retried until the claim's deadline.
+	// CallTimeout bounds one request to pool-manager, and overlay-store's
+	// list and delete; default 30s. A boot that times out is retried until
+	// the claim's deadline.
 	CallTimeout time.Duration
+	// OverlayTimeout bounds one extract or restore request to
+	// overlay-store; default 5m. A restore is also bounded by the claim's
+	// deadline.
+	OverlayTimeout time.Duration
+	// ExtractBackoff is the pause before each retry of a release's failed
+	// extract (or, for destroy, delete); its length is the number of
+	// retries. nil means DefaultExtractBackoff (1s, 4s, 16s); an empty
+	// non-nil slice means no retries.
+	ExtractBackoff []time.Duration
 	// Logger; slog.Default() when nil.
 	Logger *slog.Logger
 }
@@ -114,9 +131,19 @@ func (c Config) withDefaults() (Config, error) {
 		{&c.DefaultWait, DefaultWait, "DefaultWait"},
 		{&c.MaxWait, DefaultMaxWait, "MaxWait"},
 		{&c.CallTimeout, DefaultCallTimeout, "CallTimeout"},
+		{&c.OverlayTimeout, DefaultOverlayTimeout, "OverlayTimeout"},
 	} {
 		if err := def(f.d, f.v, f.name); err != nil {
 			return c, err
+		}
+	}
+	if c.ExtractBackoff == nil {
+		c.ExtractBackoff = DefaultExtractBackoff
+	}
+	c.ExtractBackoff = slices.Clone(c.ExtractBackoff)
+	for _, d := range c.ExtractBackoff {
+		if d < 0 {
+			return c, fmt.Errorf("claimrouter: Config.ExtractBackoff must not hold negative pauses, got %s", d)
 		}
 	}
 	if c.StaleAfter < 3*time.Millisecond {
@@ -153,6 +180,11 @@ type Router struct {
 	acquire bus.Handler[messages.AcquireRequest, messages.Instance]
 	boot    bus.Handler[messages.BootRequest, messages.Instance]
 	retire  bus.Handler[messages.RetireRequest, messages.RetireReply]
+
+	restore        bus.Handler[messages.RestoreRequest, messages.RestoreReply]
+	extract        bus.Handler[messages.ExtractRequest, messages.Snapshot]
+	listOverlays   bus.Handler[messages.OverlayListRequest, messages.SnapshotList]
+	deleteOverlays bus.Handler[messages.OverlayDeleteRequest, messages.OverlayDeleteReply]
 
 	hub   *hub
 	sagas *sagaSet
@@ -201,6 +233,10 @@ func New(cfg Config) (*Router, error) {
 	r.acquire = bus.Client[messages.AcquireRequest, messages.Instance](cfg.Conn, messages.SubjectPoolAcquire, cfg.CallTimeout)
 	r.boot = bus.Client[messages.BootRequest, messages.Instance](cfg.Conn, messages.SubjectInstancesBoot, cfg.CallTimeout)
 	r.retire = bus.Client[messages.RetireRequest, messages.RetireReply](cfg.Conn, messages.SubjectInstancesRetire, cfg.CallTimeout)
+	r.restore = bus.Client[messages.RestoreRequest, messages.RestoreReply](cfg.Conn, messages.SubjectOverlaysRestore, cfg.OverlayTimeout)
+	r.extract = bus.Client[messages.ExtractRequest, messages.Snapshot](cfg.Conn, messages.SubjectOverlaysExtract, cfg.OverlayTimeout)
+	r.listOverlays = bus.Client[messages.OverlayListRequest, messages.SnapshotList](cfg.Conn, messages.SubjectOverlaysList, cfg.CallTimeout)
+	r.deleteOverlays = bus.Client[messages.OverlayDeleteRequest, messages.OverlayDeleteReply](cfg.Conn, messages.SubjectOverlaysDelete, cfg.CallTimeout)
 	return r, nil
 }
 
@@ -423,12 +459,15 @@ func (r *Router) claimWait(millis int64) time.Duration {
 	return time.Duration(millis) * time.Millisecond
 }
 
-// Release serves bh.v1.claims.release: Active -> Releasing -> (retire) ->
-// Released. A Pending claim gets the release recorded on it and is released
-// as soon as its saga has the instance (durable, no 409). Released, Error
-// and ReleaseFailed claims are answered as they are; a pair that never had
-// a claim is not_found. The reply waits up to DefaultWait for the release
-// to finish, then answers the current view.
+// Release serves bh.v1.claims.release: Active -> Releasing -> (extract,
+// retire, delete: see [PlanRelease]) -> Released or ReleaseFailed. A
+// Pending claim gets the release recorded on it and is released as soon as
+// its saga has the instance (durable, no 409). Released and Error claims
+// are answered as they are, and so are ReleaseFailed ones unless the reason
+// is retry (the same saga again) or force (retire without saving; also
+// ReleaseRequest.Force). Retry of an Active or Pending claim is a
+// conflict. A pair that never had a claim is not_found. The reply waits up
+// to DefaultWait for the release to finish, then answers the current view.
 func (r *Router) Release(ctx context.Context, req messages.ReleaseRequest) (messages.ClaimView, error) {
 	var zero messages.ClaimView
 	if err := req.Validate(); err != nil {
@@ -438,11 +477,11 @@ func (r *Router) Release(ctx context.Context, req messages.ReleaseRequest) (mess
 		return zero, err
 	}
 	reason := req.Reason
-	if reason == "" {
+	switch {
+	case req.Force:
+		reason = messages.ReasonForce
+	case reason == "":
 		reason = messages.ReasonAPI
-		if req.Force {
-			reason = messages.ReasonForce
-		}
 	}
 	key := messages.ClaimKey(req.TenantID, req.Workload)
 	deadline := time.Now().Add(r.cfg.DefaultWait)
@@ -453,13 +492,16 @@ func (r *Router) Release(ctx context.Context, req messages.ReleaseRequest) (mess
 		}
 		now := time.Now()
 		var waited *Entry
-		act := DecideRelease(recordOf(cur), now, r.cfg.StaleAfter)
+		act := DecideRelease(recordOf(cur), reason, now, r.cfg.StaleAfter)
 		if act == ReleaseTakeOver && r.sagas.has(key, cur.Record.ID) {
-			act = DecideRelease(recordOf(cur), now, math.MaxInt64)
+			act = DecideRelease(recordOf(cur), reason, now, math.MaxInt64)
 		}
 		switch act {
 		case ReleaseNotFound:
 			return zero, messages.Errorf(messages.CodeNotFound, "tenant %q has no claim on workload %q", req.TenantID, req.Workload)
+		case ReleaseConflict:
+			return zero, messages.Errorf(messages.CodeConflict, "the claim of tenant %q on workload %q is %s, not ReleaseFailed: there is no failed release to retry",
+				req.TenantID, req.Workload, cur.Record.Phase)
 		case ReleaseAnswer:
 			return cur.Record.View(), nil
 		case ReleaseExpire:
@@ -782,7 +824,7 @@ func (h *hub) notify(key string) {
 // returning when the release saga of the same life starts.
 type sagaSet struct {
 	mu      sync.Mutex
-	running map[sagaKey]struct{}
+	running map[sagaKey]chan struct{} // closed when the saga is removed
 }
 
 type sagaKey struct {
@@ -790,23 +832,29 @@ type sagaKey struct {
 	kind    messages.ClaimPhase
 }
 
-func newSagaSet() *sagaSet { return &sagaSet{running: map[sagaKey]struct{}{}} }
+func newSagaSet() *sagaSet { return &sagaSet{running: map[sagaKey]chan struct{}{}} }
 
-func (s *sagaSet) add(key, id string, kind messages.ClaimPhase) bool {
+// add registers a saga; when one of the same life and kind runs already it
+// returns false and that saga's done channel.
+func (s *sagaSet) add(key, id string, kind messages.ClaimPhase) (bool, <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := sagaKey{key, id, kind}
-	if _, ok := s.running[k]; ok {
-		return false
+	if done, ok := s.running[k]; ok {
+		return false, done
 	}
-	s.running[k] = struct{}{}
-	return true
+	s.running[k] = make(chan struct{})
+	return true, nil
 }
 
 func (s *sagaSet) remove(key, id string, kind messages.ClaimPhase) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.running, sagaKey{key, id, kind})
+	k := sagaKey{key, id, kind}
+	if done, ok := s.running[k]; ok {
+		close(done)
+		delete(s.running, k)
+	}
 }
 
 // has reports whether any saga of the life (key, id) runs here.

@@ -21,13 +21,14 @@ import (
 )
 
 // testEnv is an embedded NATS server with the buckets provisioned, a test
-// pool-manager and a client connection.
+// pool-manager, a test overlay-store and a client connection.
 type testEnv struct {
 	t      testing.TB
 	srv    *server.Server
 	js     jetstream.JetStream
 	kv     jetstream.KeyValue
 	pool   *testPool
+	ov     *testOverlays
 	client *nats.Conn
 }
 
@@ -71,7 +72,8 @@ func newEnvSync(t testing.TB, workloads map[string]int, syncAlways bool) *testEn
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testEnv{t: t, srv: s, js: js, kv: kv, pool: startTestPool(t, s, workloads), client: client}
+	pool := startTestPool(t, s, workloads)
+	return &testEnv{t: t, srv: s, js: js, kv: kv, pool: pool, ov: startTestOverlays(t, s, pool), client: client}
 }
 
 // runningRouter is a Router started on its own connection.

@@ -60,6 +60,36 @@
 // "terminated": Released, "backing pod no longer exists") or "failed"
 // (Error, "instance failed: <Instance.Detail>"). An event without a tenant
 // is matched by instance id over the bucket.
+//
+// # Overlays (docs/overlays.md)
+//
+// A claim whose instance has overlay directories (Instance.Overlays) and
+// that resumes (ClaimRecord.Resume) gets the tenant's stored overlay before
+// it turns Active: a pool instance is restored into (pool+data); a cold
+// boot first asks overlay-store for the newest generation, records it on
+// the Pending record (so an owner that takes over boots the same way),
+// boots with BootRequest.RestoreGeneration, restores when pool-manager
+// answers awaiting-restore and boots again until Ready (cold+data). A cold
+// boot that could not learn the generation (overlay-store unreachable, or
+// a takeover that does not know whether the list was empty) restores the
+// newest generation into the running instance instead, as the pool path
+// does. The generation restored is recorded (RestoredGeneration), with
+// Overlays and ReleaseAction, on the Active record. A restore that was due
+// and failed retires the instance and turns the claim Error "restore
+// failed: ...": the tenant never runs on an empty workspace that a later
+// release would save over good data (invariant 3).
+//
+// Release (Active -> Releasing -> Released | ReleaseFailed) follows
+// [PlanRelease]: hibernate extracts the overlay (retried on the
+// ExtractBackoff schedule; a conflict, the stored overlay being newer than
+// the one this claim restored, is not retried), records the generation it
+// saved on the Releasing record ([RecordSaved], so a rerun after a crash
+// passes overlay-store's generation check), retires the instance and ends
+// Released; when the extract fails for good the claim is ReleaseFailed and
+// the instance is kept. destroy retires the instance, then deletes the
+// stored overlay. Release reason "retry" restarts the release of a
+// ReleaseFailed claim; "force" (or ReleaseRequest.Force) releases an
+// Active or ReleaseFailed claim without saving the overlay.
 package claimrouter
 
 import (
@@ -240,10 +270,12 @@ type ReleaseAction int
 const (
 	// ReleaseNotFound: there never was a claim for the pair.
 	ReleaseNotFound ReleaseAction = iota
-	// ReleaseAnswer: Released, Error or ReleaseFailed: answer the view as
-	// it is (release is idempotent; ReleaseFailed waits for retry/force).
+	// ReleaseAnswer: Released, Error, or ReleaseFailed asked for without
+	// retry or force: answer the view as it is (release is idempotent; a
+	// retry of a claim already Released answers Released too).
 	ReleaseAnswer
-	// ReleaseBegin: Active: compare-and-set to Releasing and run the
+	// ReleaseBegin: Active (any reason but retry), or ReleaseFailed with
+	// reason retry or force: compare-and-set to Releasing and run the
 	// release saga.
 	ReleaseBegin
 	// ReleaseMark: Pending: record the release request on the claim
@@ -258,6 +290,9 @@ const (
 	ReleaseTakeOver
 	// ReleaseExpire: Pending past its Deadline: turn it Error, then answer.
 	ReleaseExpire
+	// ReleaseConflict: reason retry on a claim whose release did not fail
+	// (Active, Pending): there is nothing to retry.
+	ReleaseConflict
 )
 
 func (a ReleaseAction) String() string {
@@ -276,24 +311,53 @@ func (a ReleaseAction) String() string {
 		return "take-over"
 	case ReleaseExpire:
 		return "expire"
+	case ReleaseConflict:
+		return "conflict"
 	}
 	return fmt.Sprintf("ReleaseAction(%d)", int(a))
 }
 
-// DecideRelease says what a release request does with rec (nil: absent).
-func DecideRelease(rec *messages.ClaimRecord, now time.Time, staleAfter time.Duration) ReleaseAction {
+// RestartsRelease reports whether a release with reason moves a
+// ReleaseFailed claim back to Releasing: retry (the same saga again) and
+// force (retire without saving the overlay).
+func RestartsRelease(reason messages.ReleaseReason) bool {
+	return reason == messages.ReasonRetry || reason == messages.ReasonForce
+}
+
+// DecideRelease says what a release request with reason does with rec
+// (nil: absent).
+//
+// Retry is for ReleaseFailed claims: on an Active or Pending claim it is a
+// conflict; on a Releasing claim it waits (another retry got there first);
+// on a Released or Error claim it answers the view (the release is over,
+// nothing to retry). Force releases Active and ReleaseFailed claims, and
+// is recorded on a Pending claim like any reason; on a claim whose release
+// is already running (Releasing, or Pending with a release recorded) it
+// waits for that release instead of replacing it.
+func DecideRelease(rec *messages.ClaimRecord, reason messages.ReleaseReason, now time.Time, staleAfter time.Duration) ReleaseAction {
 	if rec == nil {
 		return ReleaseNotFound
 	}
 	switch rec.Phase {
 	case messages.PhaseActive:
+		if reason == messages.ReasonRetry {
+			return ReleaseConflict
+		}
 		return ReleaseBegin
+	case messages.PhaseReleaseFailed:
+		if RestartsRelease(reason) {
+			return ReleaseBegin
+		}
+		return ReleaseAnswer
 	case messages.PhasePending, messages.PhaseReleasing:
 		switch DecideRecovery(rec, now, staleAfter) {
 		case RecoverExpire:
 			return ReleaseExpire
 		case RecoverTakeOver:
 			return ReleaseTakeOver
+		}
+		if rec.Phase == messages.PhasePending && reason == messages.ReasonRetry {
+			return ReleaseConflict
 		}
 		if rec.Phase == messages.PhasePending && rec.ReleaseReason == "" {
 			return ReleaseMark
@@ -328,6 +392,14 @@ const (
 	DetailPodGone    = "backing pod no longer exists"
 	DetailTimeout    = "timeout"
 	detailNoInstance = "no instance to retire"
+
+	DetailRestoring       = "restoring the tenant's overlay"
+	DetailSavingOverlay   = "saving the overlay"
+	DetailDeletingOverlay = "deleting the stored overlay"
+	// DetailForced is the detail of a claim released with force.
+	DetailForced = "forced: overlay not saved"
+	// detailGone is added when the instance no longer existed.
+	detailGone = "; the instance was already gone"
 )
 
 // owned reports whether rec is the life id, in phase, driven by owner.
@@ -378,14 +450,18 @@ func Refresh(rec *messages.ClaimRecord, id, owner, detail string, now time.Time)
 // MarkBooting records that the pool had no instance and the claim boots
 // one cold, so an owner that takes the claim over goes straight to boot
 // (boot is idempotent per claim ID; acquire could hand out a second
-// instance).
-func MarkBooting(rec *messages.ClaimRecord, id, owner string, now time.Time) (messages.ClaimRecord, error) {
+// instance), and the overlay generation the boot restores (0: none or
+// unknown), kept in RestoredGeneration while the claim is Pending, so that
+// owner boots with the same BootRequest.RestoreGeneration. [Activate]
+// replaces it with the generation actually restored.
+func MarkBooting(rec *messages.ClaimRecord, id, owner string, restoreGeneration int64, now time.Time) (messages.ClaimRecord, error) {
 	if !owned(rec, id, owner, messages.PhasePending) {
 		return messages.ClaimRecord{}, ErrSuperseded
 	}
 	next := *rec
 	next.Source = messages.SourceCold
 	next.Detail = DetailBooting
+	next.RestoredGeneration = max(restoreGeneration, 0)
 	next.UpdatedAt = now.UTC()
 	return next, nil
 }
@@ -395,17 +471,32 @@ func Booting(rec messages.ClaimRecord) bool {
 	return rec.Phase == messages.PhasePending && rec.Source == messages.SourceCold
 }
 
-// Activate turns the Pending life id, driven by owner, Active on inst.
-// When a release was requested while it was Pending, it goes to Releasing
+// Obtained is what a claim saga got for its Pending claim: the instance,
+// how ([messages.ClaimSource]), and the overlay generation restored into
+// it (0: none).
+type Obtained struct {
+	Instance           messages.Instance
+	Source             messages.ClaimSource
+	RestoredGeneration int64
+}
+
+// Activate turns the Pending life id, driven by owner, Active on got: the
+// instance, its endpoint, the source, the generation restored, and the
+// instance's Overlays and ReleaseAction (what its release will do). When a
+// release was requested while it was Pending, it goes to Releasing
 // instead (with the instance recorded, so the release saga retires it).
-func Activate(rec *messages.ClaimRecord, id, owner string, inst messages.Instance, source messages.ClaimSource, now time.Time, releaseTimeout time.Duration) (messages.ClaimRecord, error) {
+func Activate(rec *messages.ClaimRecord, id, owner string, got Obtained, now time.Time, releaseTimeout time.Duration) (messages.ClaimRecord, error) {
 	if !owned(rec, id, owner, messages.PhasePending) {
 		return messages.ClaimRecord{}, ErrSuperseded
 	}
+	inst := got.Instance
 	next := *rec
 	next.InstanceID = inst.InstanceID
 	next.Endpoint = inst.Endpoint
-	next.Source = source
+	next.Source = got.Source
+	next.RestoredGeneration = got.RestoredGeneration
+	next.Overlays = inst.Overlays
+	next.ReleaseAction = inst.ReleaseAction
 	next.ClaimedAt = messages.Timestamp(now)
 	next.Detail = ""
 	next.UpdatedAt = now.UTC()
@@ -463,10 +554,17 @@ func RequestRelease(rec *messages.ClaimRecord, reason messages.ReleaseReason, no
 	return next, nil
 }
 
-// BeginRelease turns an Active claim Releasing, driven by owner, due by
-// now+timeout.
+// BeginRelease turns an Active claim (for any reason but retry), or a
+// ReleaseFailed one (for retry or force, [RestartsRelease]), Releasing
+// with reason, driven by owner, due by now+timeout.
 func BeginRelease(rec *messages.ClaimRecord, reason messages.ReleaseReason, owner string, now time.Time, timeout time.Duration) (messages.ClaimRecord, error) {
-	if rec == nil || rec.Phase != messages.PhaseActive {
+	if rec == nil {
+		return messages.ClaimRecord{}, ErrSuperseded
+	}
+	switch {
+	case rec.Phase == messages.PhaseActive && reason != messages.ReasonRetry:
+	case rec.Phase == messages.PhaseReleaseFailed && RestartsRelease(reason):
+	default:
 		return messages.ClaimRecord{}, ErrSuperseded
 	}
 	next := *rec
@@ -514,7 +612,375 @@ func ReleasedDetail(reason messages.ReleaseReason, instanceExisted bool) string 
 	}
 	d := "released (" + string(reason) + ")"
 	if !instanceExisted {
-		d += "; the instance was already gone"
+		d += detailGone
+	}
+	return d
+}
+
+// RestoreDue reports whether the tenant's overlay must be restored into
+// the pool instance inst before the claim rec turns Active: the workload
+// has overlay directories and the claim resumes. (Cold boots decide with
+// [DecideBoot] and [ColdOutcome].)
+func RestoreDue(rec messages.ClaimRecord, inst messages.Instance) bool {
+	return rec.Resume && inst.Overlays
+}
+
+// RestoredSource is the source and restored generation of a claim whose
+// instance came from base (pool or cold) once a restore answered reply:
+// base+data and the generation when something was restored; base and 0
+// when the tenant had nothing stored.
+func RestoredSource(base messages.ClaimSource, reply messages.RestoreReply) (messages.ClaimSource, int64) {
+	if !reply.Restored {
+		return base, 0
+	}
+	switch base {
+	case messages.SourcePool:
+		return messages.SourcePoolData, reply.Generation
+	case messages.SourceCold:
+		return messages.SourceColdData, reply.Generation
+	}
+	return base, reply.Generation
+}
+
+// NewestGeneration is the newest generation in list, 0 when it is empty
+// (overlay-store lists newest first; the maximum is taken regardless).
+func NewestGeneration(list messages.SnapshotList) int64 {
+	var g int64
+	for _, s := range list.Snapshots {
+		g = max(g, s.Generation)
+	}
+	return g
+}
+
+// AwaitingRestore reports whether pool-manager answered a boot with an
+// instance whose restore init container waits for its overlay.
+func AwaitingRestore(inst messages.Instance) bool {
+	return strings.EqualFold(strings.TrimSpace(inst.Phase), messages.InstancePhaseAwaitingRestore)
+}
+
+// BootStep is what a cold claim saga does with a successful boot reply.
+type BootStep int
+
+// Boot steps.
+const (
+	// BootReady: the instance is Ready; go on to activate.
+	BootReady BootStep = iota
+	// BootRestore: the instance's restore init container waits: restore
+	// the overlay, then boot again (idempotent) to wait for Ready.
+	BootRestore
+	// BootRestoreAgain: this saga run restored already, yet pool-manager
+	// answers awaiting-restore again (it does so once the init container
+	// still waits a grace period after its earlier answer: the restore did
+	// not release it). Pause, then restore again.
+	BootRestoreAgain
+	// BootWithoutRestore: pool-manager refused the restore generation
+	// (invalid_argument: the workload has no overlay directories, although
+	// the tenant has overlays stored from when it had): boot again without
+	// one. Should the workload have overlays after all, [ColdOutcome]
+	// restores into the running instance.
+	BootWithoutRestore
+	// BootFailed: the boot failed; the saga retries transient errors until
+	// the claim's deadline, otherwise the claim fails.
+	BootFailed
+)
+
+func (s BootStep) String() string {
+	switch s {
+	case BootReady:
+		return "ready"
+	case BootRestore:
+		return "restore"
+	case BootRestoreAgain:
+		return "restore-again"
+	case BootWithoutRestore:
+		return "without-restore"
+	case BootFailed:
+		return "failed"
+	}
+	return fmt.Sprintf("BootStep(%d)", int(s))
+}
+
+// DecideBoot says what to do with the answer (inst, err) to a boot with
+// BootRequest.RestoreGeneration restoreGen; restored says whether this saga
+// run restored into the instance already.
+func DecideBoot(inst messages.Instance, err error, restoreGen int64, restored bool) BootStep {
+	switch {
+	case err != nil && restoreGen > 0 && messages.CodeOf(err) == messages.CodeInvalidArgument:
+		return BootWithoutRestore
+	case err != nil:
+		return BootFailed
+	case !AwaitingRestore(inst):
+		return BootReady
+	case restored:
+		return BootRestoreAgain
+	}
+	return BootRestore
+}
+
+// ColdOutcome is the source and restored generation of the cold claim rec
+// once its boot (with BootRequest.RestoreGeneration restoreGen) answered
+// Ready with inst. restore is the reply of the restore this saga run made
+// through the restore init container (nil: none); knownEmpty says this run
+// asked overlay-store and it had nothing stored. restoreNow asks for a
+// restore of the newest generation into the running instance before the
+// claim turns Active (as for a pool instance): the claim resumes, the
+// workload has overlays, the boot restored nothing, and nobody knows that
+// nothing is stored (the list failed, or an owner that took over does not
+// know what it said).
+func ColdOutcome(rec messages.ClaimRecord, inst messages.Instance, restoreGen int64, restore *messages.RestoreReply, knownEmpty bool) (source messages.ClaimSource, generation int64, restoreNow bool) {
+	switch {
+	case restore != nil:
+		source, generation = RestoredSource(messages.SourceCold, *restore)
+		return source, generation, false
+	case !inst.Overlays:
+		return messages.SourceCold, 0, false
+	case restoreGen > 0:
+		// Ready although it waited for generation restoreGen: its restore
+		// init container ended, which overlay-store allows only after
+		// restoring that generation (an earlier owner of the claim did).
+		return messages.SourceColdData, restoreGen, false
+	case rec.Resume && !knownEmpty:
+		return messages.SourceCold, 0, true
+	}
+	return messages.SourceCold, 0, false
+}
+
+// RestoreFailedDetail is the Error detail of a claim whose due restore
+// failed.
+func RestoreFailedDetail(why string) string {
+	return "restore failed: " + why
+}
+
+// ReleaseMode is how a claim is released.
+type ReleaseMode int
+
+// Release modes.
+const (
+	// ReleaseHibernate saves the overlay (when the workload has one), then
+	// retires the instance. The default action.
+	ReleaseHibernate ReleaseMode = iota
+	// ReleaseDestroy retires the instance, then deletes the stored overlay.
+	ReleaseDestroy
+	// ReleaseForced retires the instance without saving the overlay (reason
+	// force); the stored versions are kept.
+	ReleaseForced
+)
+
+func (m ReleaseMode) String() string {
+	switch m {
+	case ReleaseHibernate:
+		return "hibernate"
+	case ReleaseDestroy:
+		return "destroy"
+	case ReleaseForced:
+		return "force"
+	}
+	return fmt.Sprintf("ReleaseMode(%d)", int(m))
+}
+
+// ReleaseModeOf is the mode of rec's release: forced for reason force,
+// otherwise the workload's idle action recorded at activation ("destroy",
+// or "hibernate"; empty and unknown actions hibernate, which keeps data).
+func ReleaseModeOf(rec messages.ClaimRecord) ReleaseMode {
+	if rec.ReleaseReason == messages.ReasonForce {
+		return ReleaseForced
+	}
+	if strings.EqualFold(strings.TrimSpace(rec.ReleaseAction), "destroy") {
+		return ReleaseDestroy
+	}
+	return ReleaseHibernate
+}
+
+// ReleasePlan is what the release saga of a Releasing record does, in this
+// order: extract, retire, delete the stored overlay.
+type ReleasePlan struct {
+	Mode ReleaseMode
+	// Extract saves the overlay before retiring: hibernate of an instance
+	// with overlays.
+	Extract bool
+	// DeleteOverlay deletes the stored overlay after retiring: destroy of
+	// a workload with overlays.
+	DeleteOverlay bool
+}
+
+// PlanRelease is the plan of rec's release saga.
+func PlanRelease(rec messages.ClaimRecord) ReleasePlan {
+	mode := ReleaseModeOf(rec)
+	return ReleasePlan{
+		Mode:          mode,
+		Extract:       mode == ReleaseHibernate && rec.Overlays && rec.InstanceID != "",
+		DeleteOverlay: mode == ReleaseDestroy && rec.Overlays,
+	}
+}
+
+// ExtractRequestFor is the extract of rec's release: RestoredGeneration is
+// the generation the instance was restored from (or, on a rerun, the one
+// this release saved already, see [RecordSaved]), so overlay-store refuses
+// to replace a newer stored version (invariant 3); Force is set for a claim
+// that started clean (resume false): its state becomes a new generation,
+// the older ones are kept.
+func ExtractRequestFor(rec messages.ClaimRecord) messages.ExtractRequest {
+	return messages.ExtractRequest{
+		TenantID:           rec.TenantID,
+		Workload:           rec.Workload,
+		InstanceID:         rec.InstanceID,
+		RestoredGeneration: rec.RestoredGeneration,
+		Force:              !rec.Resume,
+	}
+}
+
+// OverlayFate classifies an overlay-store error on the release path.
+type OverlayFate int
+
+// Overlay fates.
+const (
+	// OverlayRetry: transient or unclassified; retried on the
+	// ExtractBackoff schedule.
+	OverlayRetry OverlayFate = iota
+	// OverlayConflict: the stored overlay is newer than the one this claim
+	// restored (invariant 3). Not retried and not overwritten: the release
+	// fails with the instance kept; force resolves it.
+	OverlayConflict
+	// OverlayRefused: the request is refused for good (invalid argument,
+	// e.g. the overlay is over the size limits); retrying will not help.
+	OverlayRefused
+	// OverlayGone: the instance no longer exists; there is nothing left to
+	// save.
+	OverlayGone
+)
+
+func (f OverlayFate) String() string {
+	switch f {
+	case OverlayRetry:
+		return "retry"
+	case OverlayConflict:
+		return "conflict"
+	case OverlayRefused:
+		return "refused"
+	case OverlayGone:
+		return "gone"
+	}
+	return fmt.Sprintf("OverlayFate(%d)", int(f))
+}
+
+// ClassifyOverlayError says what the release saga does with err from
+// overlay-store.
+func ClassifyOverlayError(err error) OverlayFate {
+	switch messages.CodeOf(err) {
+	case messages.CodeConflict:
+		return OverlayConflict
+	case messages.CodeInvalidArgument:
+		return OverlayRefused
+	case messages.CodeNotFound:
+		return OverlayGone
+	}
+	return OverlayRetry
+}
+
+// savedFormat is the detail of a Releasing record whose overlay is saved.
+const savedFormat = "overlay saved (generation %d); retiring the instance"
+
+// RecordSaved records on the Releasing life id, driven by owner, that its
+// extract committed snap: RestoredGeneration becomes snap.Generation, so a
+// rerun of the saga (its owner crashed before the release ended) passes
+// overlay-store's generation check instead of conflicting with the
+// version this very release stored. The deadline is renewed for the steps
+// that follow. A snapshot of generation 0 (nothing to save) changes no
+// generation.
+func RecordSaved(rec *messages.ClaimRecord, id, owner string, snap messages.Snapshot, now time.Time, timeout time.Duration) (messages.ClaimRecord, error) {
+	if !owned(rec, id, owner, messages.PhaseReleasing) {
+		return messages.ClaimRecord{}, ErrSuperseded
+	}
+	next := *rec
+	if snap.Generation > 0 {
+		next.RestoredGeneration = snap.Generation
+	}
+	next.Detail = SavedDetail(snap.Generation)
+	next.UpdatedAt = now.UTC()
+	next.Deadline = now.Add(timeout).UTC()
+	return next, nil
+}
+
+// SavedDetail is the detail of a Releasing record once its overlay was
+// saved as generation (0: nothing to save).
+func SavedDetail(generation int64) string {
+	return fmt.Sprintf(savedFormat, generation)
+}
+
+// SavedGeneration reads back the generation of a [SavedDetail]: a rerun
+// whose extract finds the instance gone (retired by the previous run)
+// still reports what was saved. Cosmetic only: the saga's decisions rest
+// on RestoredGeneration.
+func SavedGeneration(detail string) (int64, bool) {
+	var g int64
+	if n, err := fmt.Sscanf(detail, savedFormat, &g); err != nil || n != 1 || SavedDetail(g) != detail {
+		return 0, false
+	}
+	return g, true
+}
+
+// ExtractFailedDetail is the ReleaseFailed detail of a hibernation whose
+// extract failed attempts times (the last with err).
+func ExtractFailedDetail(err error, attempts int) string {
+	return fmt.Sprintf("overlay extract failed: %s (%d attempt%s); the instance is kept: retry the release, or force it to retire the instance without saving",
+		messages.AsError(err).Message, attempts, plural(attempts))
+}
+
+// ExtractConflictDetail is the ReleaseFailed detail of a hibernation that
+// overlay-store refused because a newer overlay is stored than the
+// generation the claim restored (invariant 3).
+func ExtractConflictDetail(err error, restored int64) string {
+	return fmt.Sprintf("overlay extract refused: the stored overlay is newer than generation %d, which this claim restored, and is not overwritten (%s); the instance is kept: force the release to retire it without saving",
+		restored, messages.AsError(err).Message)
+}
+
+// DeleteFailedDetail is the ReleaseFailed detail of a destroy whose delete
+// of the stored overlay failed (the instance is retired already).
+func DeleteFailedDetail(err error, attempts int) string {
+	return fmt.Sprintf("overlay delete failed: %s (%d attempt%s); the instance is retired: retry the release to delete the stored overlay",
+		messages.AsError(err).Message, attempts, plural(attempts))
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+// ReleaseResult is what a release saga did, for the Released detail.
+type ReleaseResult struct {
+	// Existed: the instance still existed when it was retired.
+	Existed bool
+	// Saved: the overlay was saved as Generation (0: nothing to save).
+	Saved      bool
+	Generation int64
+}
+
+// FinishedDetail is the detail of rec's Released record: the reason, then
+// what became of the overlay, e.g. "released (idle): hibernated
+// (generation 4)", "released (api): destroyed", "forced: overlay not
+// saved", "released (api): overlay not saved; the instance was already
+// gone".
+func FinishedDetail(rec messages.ClaimRecord, plan ReleasePlan, res ReleaseResult) string {
+	d := ReleasedDetail(rec.ReleaseReason, true)
+	switch {
+	case plan.Mode == ReleaseForced:
+		d = DetailForced
+	case plan.Mode == ReleaseDestroy:
+		d += ": destroyed"
+	case plan.Extract && res.Saved && res.Generation > 0:
+		d += fmt.Sprintf(": hibernated (generation %d)", res.Generation)
+	case plan.Extract && res.Saved:
+		d += ": hibernated (nothing to save)"
+	case plan.Extract:
+		d += ": overlay not saved"
+	}
+	switch {
+	case rec.InstanceID == "":
+		d += "; " + detailNoInstance
+	case !res.Existed:
+		d += detailGone
 	}
 	return d
 }

@@ -67,25 +67,44 @@ func TestDecideClaim(t *testing.T) {
 }
 
 func TestDecideRelease(t *testing.T) {
+	failed := func() *messages.ClaimRecord { return rec(messages.PhaseReleaseFailed, time.Hour, 0) }
 	for _, tc := range []struct {
-		name string
-		rec  *messages.ClaimRecord
-		want ReleaseAction
+		name   string
+		rec    *messages.ClaimRecord
+		reason messages.ReleaseReason
+		want   ReleaseAction
 	}{
-		{"absent", nil, ReleaseNotFound},
-		{"active", rec(messages.PhaseActive, time.Hour, 0), ReleaseBegin},
-		{"pending", rec(messages.PhasePending, time.Second, time.Minute), ReleaseMark},
-		{"pending, release requested", withReason(rec(messages.PhasePending, time.Second, time.Minute), messages.ReasonIdle), ReleaseWait},
-		{"pending stale", rec(messages.PhasePending, time.Hour, time.Minute), ReleaseTakeOver},
-		{"pending expired", rec(messages.PhasePending, time.Second, -time.Second), ReleaseExpire},
-		{"releasing", rec(messages.PhaseReleasing, time.Second, time.Minute), ReleaseWait},
-		{"releasing stale", rec(messages.PhaseReleasing, time.Hour, time.Minute), ReleaseTakeOver},
-		{"released", rec(messages.PhaseReleased, time.Hour, 0), ReleaseAnswer},
-		{"error", rec(messages.PhaseError, time.Hour, 0), ReleaseAnswer},
-		{"release failed", rec(messages.PhaseReleaseFailed, time.Hour, 0), ReleaseAnswer},
+		{"absent", nil, messages.ReasonAPI, ReleaseNotFound},
+		{"absent, retry", nil, messages.ReasonRetry, ReleaseNotFound},
+		{"active", rec(messages.PhaseActive, time.Hour, 0), messages.ReasonAPI, ReleaseBegin},
+		{"active, idle", rec(messages.PhaseActive, time.Hour, 0), messages.ReasonIdle, ReleaseBegin},
+		{"active, force", rec(messages.PhaseActive, time.Hour, 0), messages.ReasonForce, ReleaseBegin},
+		{"active, retry: nothing failed", rec(messages.PhaseActive, time.Hour, 0), messages.ReasonRetry, ReleaseConflict},
+		{"pending", rec(messages.PhasePending, time.Second, time.Minute), messages.ReasonAPI, ReleaseMark},
+		{"pending, force", rec(messages.PhasePending, time.Second, time.Minute), messages.ReasonForce, ReleaseMark},
+		{"pending, retry", rec(messages.PhasePending, time.Second, time.Minute), messages.ReasonRetry, ReleaseConflict},
+		{"pending, release requested", withReason(rec(messages.PhasePending, time.Second, time.Minute), messages.ReasonIdle), messages.ReasonAPI, ReleaseWait},
+		{"pending, release requested, retry", withReason(rec(messages.PhasePending, time.Second, time.Minute), messages.ReasonIdle), messages.ReasonRetry, ReleaseConflict},
+		{"pending stale", rec(messages.PhasePending, time.Hour, time.Minute), messages.ReasonAPI, ReleaseTakeOver},
+		{"pending stale, retry", rec(messages.PhasePending, time.Hour, time.Minute), messages.ReasonRetry, ReleaseTakeOver},
+		{"pending expired", rec(messages.PhasePending, time.Second, -time.Second), messages.ReasonAPI, ReleaseExpire},
+		{"releasing", rec(messages.PhaseReleasing, time.Second, time.Minute), messages.ReasonAPI, ReleaseWait},
+		{"releasing, retry: another retry got there first", rec(messages.PhaseReleasing, time.Second, time.Minute), messages.ReasonRetry, ReleaseWait},
+		{"releasing, force waits for the running release", rec(messages.PhaseReleasing, time.Second, time.Minute), messages.ReasonForce, ReleaseWait},
+		{"releasing stale", rec(messages.PhaseReleasing, time.Hour, time.Minute), messages.ReasonAPI, ReleaseTakeOver},
+		{"released", rec(messages.PhaseReleased, time.Hour, 0), messages.ReasonAPI, ReleaseAnswer},
+		{"released, retry answers the view", rec(messages.PhaseReleased, time.Hour, 0), messages.ReasonRetry, ReleaseAnswer},
+		{"released, force", rec(messages.PhaseReleased, time.Hour, 0), messages.ReasonForce, ReleaseAnswer},
+		{"error", rec(messages.PhaseError, time.Hour, 0), messages.ReasonAPI, ReleaseAnswer},
+		{"error, retry", rec(messages.PhaseError, time.Hour, 0), messages.ReasonRetry, ReleaseAnswer},
+		{"release failed", failed(), messages.ReasonAPI, ReleaseAnswer},
+		{"release failed, idle", failed(), messages.ReasonIdle, ReleaseAnswer},
+		{"release failed, claim deleted", failed(), messages.ReasonClaimDeleted, ReleaseAnswer},
+		{"release failed, retry", failed(), messages.ReasonRetry, ReleaseBegin},
+		{"release failed, force", failed(), messages.ReasonForce, ReleaseBegin},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := DecideRelease(tc.rec, t0, stale); got != tc.want {
+			if got := DecideRelease(tc.rec, tc.reason, t0, stale); got != tc.want {
 				t.Fatalf("DecideRelease = %s, want %s", got, tc.want)
 			}
 		})
@@ -171,7 +190,7 @@ func TestTransitions(t *testing.T) {
 	now := t0.Add(1500 * time.Millisecond)
 
 	t.Run("activate", func(t *testing.T) {
-		got, err := Activate(rec(messages.PhasePending, 0, time.Minute), "c1", "r1", inst, messages.SourceCold, now, time.Minute)
+		got, err := Activate(rec(messages.PhasePending, 0, time.Minute), "c1", "r1", Obtained{Instance: inst, Source: messages.SourceCold}, now, time.Minute)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -181,7 +200,7 @@ func TestTransitions(t *testing.T) {
 		}
 	})
 	t.Run("activate with a release requested goes to releasing", func(t *testing.T) {
-		got, err := Activate(withReason(rec(messages.PhasePending, 0, time.Minute), messages.ReasonIdle), "c1", "r1", inst, messages.SourcePool, now, time.Minute)
+		got, err := Activate(withReason(rec(messages.PhasePending, 0, time.Minute), messages.ReasonIdle), "c1", "r1", Obtained{Instance: inst, Source: messages.SourcePool}, now, time.Minute)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -194,16 +213,16 @@ func TestTransitions(t *testing.T) {
 		f    func() (messages.ClaimRecord, error)
 	}{
 		{"activate absent", func() (messages.ClaimRecord, error) {
-			return Activate(nil, "c1", "r1", inst, messages.SourcePool, now, time.Minute)
+			return Activate(nil, "c1", "r1", Obtained{Instance: inst, Source: messages.SourcePool}, now, time.Minute)
 		}},
 		{"activate another life", func() (messages.ClaimRecord, error) {
-			return Activate(rec(messages.PhasePending, 0, time.Minute), "c0", "r1", inst, messages.SourcePool, now, time.Minute)
+			return Activate(rec(messages.PhasePending, 0, time.Minute), "c0", "r1", Obtained{Instance: inst, Source: messages.SourcePool}, now, time.Minute)
 		}},
 		{"activate taken over", func() (messages.ClaimRecord, error) {
-			return Activate(rec(messages.PhasePending, 0, time.Minute), "c1", "r2", inst, messages.SourcePool, now, time.Minute)
+			return Activate(rec(messages.PhasePending, 0, time.Minute), "c1", "r2", Obtained{Instance: inst, Source: messages.SourcePool}, now, time.Minute)
 		}},
 		{"activate expired", func() (messages.ClaimRecord, error) {
-			return Activate(rec(messages.PhaseError, 0, 0), "c1", "r1", inst, messages.SourcePool, now, time.Minute)
+			return Activate(rec(messages.PhaseError, 0, 0), "c1", "r1", Obtained{Instance: inst, Source: messages.SourcePool}, now, time.Minute)
 		}},
 		{"fail active", func() (messages.ClaimRecord, error) {
 			return Fail(rec(messages.PhaseActive, 0, 0), "c1", "r1", "x", now)
@@ -242,7 +261,7 @@ func TestTransitions(t *testing.T) {
 			return FailRelease(rec(messages.PhaseActive, 0, 0), "c1", "r1", "x", now)
 		}},
 		{"mark booting of a releasing claim", func() (messages.ClaimRecord, error) {
-			return MarkBooting(rec(messages.PhaseReleasing, 0, time.Minute), "c1", "r1", now)
+			return MarkBooting(rec(messages.PhaseReleasing, 0, time.Minute), "c1", "r1", 0, now)
 		}},
 		{"instance gone: other instance", func() (messages.ClaimRecord, error) {
 			return InstanceGone(rec(messages.PhaseActive, 0, 0), "demo-2", InstanceDeleted, "", now)
@@ -313,8 +332,8 @@ func TestTransitions(t *testing.T) {
 		}
 	})
 	t.Run("mark booting", func(t *testing.T) {
-		got, err := MarkBooting(rec(messages.PhasePending, 0, time.Minute), "c1", "r1", now)
-		if err != nil || !Booting(got) || got.Detail != DetailBooting {
+		got, err := MarkBooting(rec(messages.PhasePending, 0, time.Minute), "c1", "r1", 4, now)
+		if err != nil || !Booting(got) || got.Detail != DetailBooting || got.RestoredGeneration != 4 {
 			t.Fatalf("MarkBooting = %+v, %v", got, err)
 		}
 	})
@@ -375,5 +394,292 @@ func TestOrphanedInstance(t *testing.T) {
 func TestBackoff(t *testing.T) {
 	if backoff(0) != 50*time.Millisecond || backoff(1) != 100*time.Millisecond || backoff(10) != 2*time.Second {
 		t.Fatalf("backoff: %s %s %s", backoff(0), backoff(1), backoff(10))
+	}
+}
+
+func TestActivateRecordsOverlays(t *testing.T) {
+	inst := messages.Instance{InstanceID: "demo-7", Endpoint: &messages.Endpoint{Host: "10.0.0.7", Port: 8080}, Ready: true, Overlays: true, ReleaseAction: "destroy"}
+	pending := rec(messages.PhasePending, 0, time.Minute)
+	pending.RestoredGeneration = 9 // the generation a cold boot planned to restore
+	got, err := Activate(pending, "c1", "r1", Obtained{Instance: inst, Source: messages.SourceColdData, RestoredGeneration: 4}, t0, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Phase != messages.PhaseActive || got.Source != messages.SourceColdData || got.RestoredGeneration != 4 || !got.Overlays || got.ReleaseAction != "destroy" {
+		t.Fatalf("Activate = %+v", got)
+	}
+	got, err = Activate(pending, "c1", "r1", Obtained{Instance: messages.Instance{InstanceID: "demo-8"}, Source: messages.SourcePool}, t0, time.Minute)
+	if err != nil || got.RestoredGeneration != 0 || got.Overlays || got.ReleaseAction != "" {
+		t.Fatalf("Activate without overlays = %+v, %v", got, err)
+	}
+}
+
+func TestBeginReleaseRestarts(t *testing.T) {
+	failed := rec(messages.PhaseReleaseFailed, time.Hour, 0)
+	failed.Detail = "overlay extract failed: boom"
+	failed.InstanceID, failed.Endpoint = "demo-1", &messages.Endpoint{Host: "10.0.0.1", Port: 8080}
+	for _, reason := range []messages.ReleaseReason{messages.ReasonRetry, messages.ReasonForce} {
+		got, err := BeginRelease(failed, reason, "r2", t0, time.Minute)
+		if err != nil || got.Phase != messages.PhaseReleasing || got.ReleaseReason != reason || got.Owner != "r2" ||
+			got.Detail != DetailReleasing || !got.Deadline.Equal(t0.Add(time.Minute)) || got.InstanceID != failed.InstanceID || got.Endpoint == nil {
+			t.Fatalf("BeginRelease(ReleaseFailed, %s) = %+v, %v", reason, got, err)
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		rec    *messages.ClaimRecord
+		reason messages.ReleaseReason
+	}{
+		{"retry of an active claim", rec(messages.PhaseActive, 0, 0), messages.ReasonRetry},
+		{"api release of a failed release", failed, messages.ReasonAPI},
+		{"idle release of a failed release", failed, messages.ReasonIdle},
+		{"retry of a released claim", rec(messages.PhaseReleased, 0, 0), messages.ReasonRetry},
+		{"force of a releasing claim", rec(messages.PhaseReleasing, 0, time.Minute), messages.ReasonForce},
+		{"absent", nil, messages.ReasonForce},
+	} {
+		if _, err := BeginRelease(tc.rec, tc.reason, "r2", t0, time.Minute); !errors.Is(err, ErrSuperseded) {
+			t.Errorf("%s: err = %v, want ErrSuperseded", tc.name, err)
+		}
+	}
+}
+
+func TestRestoredSource(t *testing.T) {
+	for _, tc := range []struct {
+		base  messages.ClaimSource
+		reply messages.RestoreReply
+		want  messages.ClaimSource
+		gen   int64
+	}{
+		{messages.SourcePool, messages.RestoreReply{Restored: true, Generation: 3}, messages.SourcePoolData, 3},
+		{messages.SourcePool, messages.RestoreReply{}, messages.SourcePool, 0},
+		{messages.SourceCold, messages.RestoreReply{Restored: true, Generation: 1}, messages.SourceColdData, 1},
+		{messages.SourceCold, messages.RestoreReply{Generation: 7}, messages.SourceCold, 0},
+	} {
+		if got, gen := RestoredSource(tc.base, tc.reply); got != tc.want || gen != tc.gen {
+			t.Errorf("RestoredSource(%s, %+v) = %s, %d; want %s, %d", tc.base, tc.reply, got, gen, tc.want, tc.gen)
+		}
+	}
+	if g := NewestGeneration(messages.SnapshotList{}); g != 0 {
+		t.Errorf("NewestGeneration(empty) = %d", g)
+	}
+	if g := NewestGeneration(messages.SnapshotList{Snapshots: []messages.Snapshot{{Generation: 5}, {Generation: 4}, {Generation: 6}}}); g != 6 {
+		t.Errorf("NewestGeneration = %d, want 6", g)
+	}
+	resume := *rec(messages.PhasePending, 0, time.Minute)
+	resume.Resume = true
+	clean := resume
+	clean.Resume = false
+	if !RestoreDue(resume, messages.Instance{Overlays: true}) || RestoreDue(resume, messages.Instance{}) || RestoreDue(clean, messages.Instance{Overlays: true}) {
+		t.Error("RestoreDue must need both resume and overlays")
+	}
+}
+
+func TestDecideBoot(t *testing.T) {
+	awaiting := messages.Instance{InstanceID: "demo-1", Phase: messages.InstancePhaseAwaitingRestore}
+	ready := messages.Instance{InstanceID: "demo-1", Ready: true, Phase: "acquired"}
+	noOverlays := messages.Errorf(messages.CodeInvalidArgument, `workload "demo" has no overlay directories to restore into`)
+	for _, tc := range []struct {
+		name       string
+		inst       messages.Instance
+		err        error
+		restoreGen int64
+		restored   bool
+		want       BootStep
+	}{
+		{"ready", ready, nil, 0, false, BootReady},
+		{"ready after a restore", ready, nil, 3, true, BootReady},
+		{"awaiting restore", awaiting, nil, 3, false, BootRestore},
+		{"awaiting restore, other case", messages.Instance{Phase: " Awaiting-Restore"}, nil, 3, false, BootRestore},
+		{"awaiting restore without a generation asked", awaiting, nil, 0, false, BootRestore},
+		{"still awaiting after this run restored", awaiting, nil, 3, true, BootRestoreAgain},
+		{"restore generation refused", messages.Instance{}, noOverlays, 3, false, BootWithoutRestore},
+		{"invalid without a restore generation", messages.Instance{}, noOverlays, 0, false, BootFailed},
+		{"not ready yet", messages.Instance{}, messages.Errorf(messages.CodeDeadlineExceeded, "not ready"), 3, false, BootFailed},
+		{"pod failed", messages.Instance{}, messages.Errorf(messages.CodeInternal, "pod failed: OOMKilled"), 3, true, BootFailed},
+	} {
+		if got := DecideBoot(tc.inst, tc.err, tc.restoreGen, tc.restored); got != tc.want {
+			t.Errorf("%s: DecideBoot = %s, want %s", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestColdOutcome(t *testing.T) {
+	resume := *rec(messages.PhasePending, 0, time.Minute)
+	resume.Resume = true
+	clean := resume
+	clean.Resume = false
+	overlays := messages.Instance{InstanceID: "demo-1", Ready: true, Overlays: true}
+	plain := messages.Instance{InstanceID: "demo-1", Ready: true}
+	for _, tc := range []struct {
+		name       string
+		rec        messages.ClaimRecord
+		inst       messages.Instance
+		restoreGen int64
+		restore    *messages.RestoreReply
+		knownEmpty bool
+		source     messages.ClaimSource
+		gen        int64
+		restoreNow bool
+	}{
+		{"no overlays", resume, plain, 0, nil, false, messages.SourceCold, 0, false},
+		{"no overlays although a generation was planned", resume, plain, 3, nil, false, messages.SourceCold, 0, false},
+		{"restored through the init container", resume, overlays, 3, &messages.RestoreReply{Restored: true, Generation: 3}, false, messages.SourceColdData, 3, false},
+		{"restore found nothing", resume, overlays, 3, &messages.RestoreReply{}, false, messages.SourceCold, 0, false},
+		{"restored, although the Ready answer omits overlays", resume, plain, 3, &messages.RestoreReply{Restored: true, Generation: 3}, false, messages.SourceColdData, 3, false},
+		{"ready with a planned generation: an earlier owner restored", resume, overlays, 3, nil, false, messages.SourceColdData, 3, false},
+		{"nothing stored, known", resume, overlays, 0, nil, true, messages.SourceCold, 0, false},
+		{"list failed or taken over: restore into the running instance", resume, overlays, 0, nil, false, messages.SourceCold, 0, true},
+		{"resume false", clean, overlays, 0, nil, false, messages.SourceCold, 0, false},
+	} {
+		source, gen, now := ColdOutcome(tc.rec, tc.inst, tc.restoreGen, tc.restore, tc.knownEmpty)
+		if source != tc.source || gen != tc.gen || now != tc.restoreNow {
+			t.Errorf("%s: ColdOutcome = %s, %d, %v; want %s, %d, %v", tc.name, source, gen, now, tc.source, tc.gen, tc.restoreNow)
+		}
+	}
+}
+
+func TestPlanRelease(t *testing.T) {
+	r := func(overlays bool, action string, reason messages.ReleaseReason, instance string) messages.ClaimRecord {
+		c := *rec(messages.PhaseReleasing, 0, time.Minute)
+		c.Overlays, c.ReleaseAction, c.ReleaseReason, c.InstanceID = overlays, action, reason, instance
+		return c
+	}
+	for _, tc := range []struct {
+		name string
+		rec  messages.ClaimRecord
+		want ReleasePlan
+	}{
+		{"hibernate by default", r(true, "", messages.ReasonAPI, "demo-1"), ReleasePlan{Mode: ReleaseHibernate, Extract: true}},
+		{"hibernate", r(true, "hibernate", messages.ReasonIdle, "demo-1"), ReleasePlan{Mode: ReleaseHibernate, Extract: true}},
+		{"hibernate without overlays", r(false, "hibernate", messages.ReasonAPI, "demo-1"), ReleasePlan{Mode: ReleaseHibernate}},
+		{"hibernate without an instance", r(true, "hibernate", messages.ReasonAPI, ""), ReleasePlan{Mode: ReleaseHibernate}},
+		{"unknown action keeps data", r(true, "archive", messages.ReasonAPI, "demo-1"), ReleasePlan{Mode: ReleaseHibernate, Extract: true}},
+		{"retry hibernates again", r(true, "", messages.ReasonRetry, "demo-1"), ReleasePlan{Mode: ReleaseHibernate, Extract: true}},
+		{"destroy", r(true, "destroy", messages.ReasonIdle, "demo-1"), ReleasePlan{Mode: ReleaseDestroy, DeleteOverlay: true}},
+		{"destroy, other case", r(true, "Destroy", messages.ReasonIdle, "demo-1"), ReleasePlan{Mode: ReleaseDestroy, DeleteOverlay: true}},
+		{"destroy without overlays", r(false, "destroy", messages.ReasonAPI, "demo-1"), ReleasePlan{Mode: ReleaseDestroy}},
+		{"force", r(true, "", messages.ReasonForce, "demo-1"), ReleasePlan{Mode: ReleaseForced}},
+		{"force of a destroy keeps the stored overlay", r(true, "destroy", messages.ReasonForce, "demo-1"), ReleasePlan{Mode: ReleaseForced}},
+	} {
+		if got := PlanRelease(tc.rec); got != tc.want {
+			t.Errorf("%s: PlanRelease = %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestExtractRequestFor(t *testing.T) {
+	c := *rec(messages.PhaseReleasing, 0, time.Minute)
+	c.Resume, c.RestoredGeneration = true, 4
+	if got := ExtractRequestFor(c); got != (messages.ExtractRequest{TenantID: "org.acme", Workload: "demo", InstanceID: "demo-1", RestoredGeneration: 4}) {
+		t.Fatalf("ExtractRequestFor = %+v", got)
+	}
+	c.Resume, c.RestoredGeneration = false, 0
+	if got := ExtractRequestFor(c); !got.Force || got.RestoredGeneration != 0 {
+		t.Fatalf("ExtractRequestFor(resume false) = %+v, want force", got)
+	}
+}
+
+func TestClassifyOverlayError(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want OverlayFate
+	}{
+		{messages.Errorf(messages.CodeConflict, "stored generation 5 is newer than 4"), OverlayConflict},
+		{messages.Errorf(messages.CodeInvalidArgument, "overlay too large"), OverlayRefused},
+		{messages.Errorf(messages.CodeNotFound, "instance demo-1 not found"), OverlayGone},
+		{messages.Errorf(messages.CodeUnavailable, "no service answers"), OverlayRetry},
+		{messages.Errorf(messages.CodeDeadlineExceeded, "no reply in time"), OverlayRetry},
+		{messages.Errorf(messages.CodeInternal, "exec failed"), OverlayRetry},
+		{errors.New("plain"), OverlayRetry},
+	} {
+		if got := ClassifyOverlayError(tc.err); got != tc.want {
+			t.Errorf("ClassifyOverlayError(%v) = %s, want %s", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestRecordSaved(t *testing.T) {
+	releasing := rec(messages.PhaseReleasing, time.Second, time.Second)
+	releasing.RestoredGeneration = 3
+	got, err := RecordSaved(releasing, "c1", "r1", messages.Snapshot{Generation: 4}, t0, time.Minute)
+	if err != nil || got.RestoredGeneration != 4 || got.Phase != messages.PhaseReleasing || !got.Deadline.Equal(t0.Add(time.Minute)) || !got.UpdatedAt.Equal(t0) {
+		t.Fatalf("RecordSaved = %+v, %v", got, err)
+	}
+	if g, ok := SavedGeneration(got.Detail); !ok || g != 4 {
+		t.Fatalf("SavedGeneration(%q) = %d, %v", got.Detail, g, ok)
+	}
+	// A rerun extracts with the generation this release saved.
+	if req := ExtractRequestFor(got); req.RestoredGeneration != 4 {
+		t.Fatalf("rerun extract restoredGeneration %d, want 4", req.RestoredGeneration)
+	}
+	// Nothing to save: no generation change.
+	got, err = RecordSaved(releasing, "c1", "r1", messages.Snapshot{}, t0, time.Minute)
+	if err != nil || got.RestoredGeneration != 3 {
+		t.Fatalf("RecordSaved(nothing) = %+v, %v", got, err)
+	}
+	for _, tc := range []struct {
+		name string
+		rec  *messages.ClaimRecord
+		id   string
+		by   string
+	}{
+		{"absent", nil, "c1", "r1"},
+		{"taken over", releasing, "c1", "r2"},
+		{"another life", releasing, "c0", "r1"},
+		{"released", rec(messages.PhaseReleased, 0, 0), "c1", "r1"},
+		{"release failed", rec(messages.PhaseReleaseFailed, 0, 0), "c1", "r1"},
+	} {
+		if _, err := RecordSaved(tc.rec, tc.id, tc.by, messages.Snapshot{Generation: 1}, t0, time.Minute); !errors.Is(err, ErrSuperseded) {
+			t.Errorf("%s: err = %v, want ErrSuperseded", tc.name, err)
+		}
+	}
+	for _, d := range []string{"", DetailReleasing, "overlay saved (generation x); retiring the instance", "overlay saved (generation 4); retiring the instance, really"} {
+		if _, ok := SavedGeneration(d); ok {
+			t.Errorf("SavedGeneration(%q) ok", d)
+		}
+	}
+}
+
+func TestFinishedDetail(t *testing.T) {
+	r := func(reason messages.ReleaseReason, instance string) messages.ClaimRecord {
+		c := *rec(messages.PhaseReleasing, 0, time.Minute)
+		c.ReleaseReason, c.InstanceID = reason, instance
+		return c
+	}
+	hib := ReleasePlan{Mode: ReleaseHibernate, Extract: true}
+	for _, tc := range []struct {
+		name string
+		rec  messages.ClaimRecord
+		plan ReleasePlan
+		res  ReleaseResult
+		want string
+	}{
+		{"no overlays", r(messages.ReasonIdle, "demo-1"), ReleasePlan{}, ReleaseResult{Existed: true}, "released (idle)"},
+		{"no overlays, gone", r(messages.ReasonAPI, "demo-1"), ReleasePlan{}, ReleaseResult{}, "released (api); the instance was already gone"},
+		{"no instance", r(messages.ReasonAPI, ""), ReleasePlan{}, ReleaseResult{Existed: true}, "released (api); no instance to retire"},
+		{"hibernated", r(messages.ReasonIdle, "demo-1"), hib, ReleaseResult{Existed: true, Saved: true, Generation: 4}, "released (idle): hibernated (generation 4)"},
+		{"hibernated on retry", r(messages.ReasonRetry, "demo-1"), hib, ReleaseResult{Existed: true, Saved: true, Generation: 5}, "released (retry): hibernated (generation 5)"},
+		{"nothing to save", r(messages.ReasonAPI, "demo-1"), hib, ReleaseResult{Existed: true, Saved: true}, "released (api): hibernated (nothing to save)"},
+		{"instance gone before the extract", r(messages.ReasonAPI, "demo-1"), hib, ReleaseResult{}, "released (api): overlay not saved; the instance was already gone"},
+		{"destroyed", r(messages.ReasonAPI, "demo-1"), ReleasePlan{Mode: ReleaseDestroy, DeleteOverlay: true}, ReleaseResult{Existed: true}, "released (api): destroyed"},
+		{"forced", r(messages.ReasonForce, "demo-1"), ReleasePlan{Mode: ReleaseForced}, ReleaseResult{Existed: true}, "forced: overlay not saved"},
+		{"forced, gone", r(messages.ReasonForce, "demo-1"), ReleasePlan{Mode: ReleaseForced}, ReleaseResult{}, "forced: overlay not saved; the instance was already gone"},
+	} {
+		if got := FinishedDetail(tc.rec, tc.plan, tc.res); got != tc.want {
+			t.Errorf("%s: FinishedDetail = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	boom := messages.Errorf(messages.CodeInternal, "boom")
+	if d := ExtractFailedDetail(boom, 4); !strings.HasPrefix(d, "overlay extract failed: boom (4 attempts)") || !strings.Contains(d, "instance is kept") {
+		t.Errorf("ExtractFailedDetail = %q", d)
+	}
+	if d := ExtractConflictDetail(messages.Errorf(messages.CodeConflict, "generation 5 is stored"), 4); !strings.HasPrefix(d, "overlay extract refused") || !strings.Contains(d, "generation 4") || !strings.Contains(d, "force") {
+		t.Errorf("ExtractConflictDetail = %q", d)
+	}
+	if d := DeleteFailedDetail(boom, 1); !strings.HasPrefix(d, "overlay delete failed: boom (1 attempt)") {
+		t.Errorf("DeleteFailedDetail = %q", d)
+	}
+	if d := RestoreFailedDetail("checksum mismatch"); d != "restore failed: checksum mismatch" {
+		t.Errorf("RestoreFailedDetail = %q", d)
 	}
 }

@@ -10,6 +10,8 @@
 //	-stale-after     takeover age of an owner's refresh [CLAIM_ROUTER_STALE_AFTER, default 15s]
 //	-sweep-interval  recovery scan period               [CLAIM_ROUTER_SWEEP_INTERVAL, default 5s]
 //	-workers         concurrent sagas                   [CLAIM_ROUTER_WORKERS, default 256]
+//	-overlay-timeout bound of one extract or restore    [CLAIM_ROUTER_OVERLAY_TIMEOUT, default 5m]
+//	-extract-backoff pauses before extract retries      [CLAIM_ROUTER_EXTRACT_BACKOFF, default 1s,4s,16s; "none": no retries]
 //	-provision       create/update buckets and streams  [CLAIM_ROUTER_PROVISION, default true]
 //	-stream-replicas replicas of what -provision makes  [NATS_STREAM_REPLICAS, default 1; 3 in a cluster]
 //	-log-level       debug, info, warn or error         [LOG_LEVEL, default info]
@@ -23,6 +25,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -49,6 +52,9 @@ func mainErr(args []string) error {
 	staleAfter := fs.Duration("stale-after", envDuration("CLAIM_ROUTER_STALE_AFTER", claimrouter.DefaultStaleAfter), "age of an owner's last refresh after which its claim is taken over")
 	sweep := fs.Duration("sweep-interval", envDuration("CLAIM_ROUTER_SWEEP_INTERVAL", claimrouter.DefaultSweepInterval), "how often claims are scanned for takeover and expiry")
 	workers := fs.Int("workers", envInt("CLAIM_ROUTER_WORKERS", claimrouter.DefaultWorkers), "sagas running at once")
+	overlayTimeout := fs.Duration("overlay-timeout", envDuration("CLAIM_ROUTER_OVERLAY_TIMEOUT", claimrouter.DefaultOverlayTimeout), "bound of one overlay extract or restore request")
+	extractBackoff := fs.String("extract-backoff", env("CLAIM_ROUTER_EXTRACT_BACKOFF", formatDurations(claimrouter.DefaultExtractBackoff)),
+		`comma-separated pauses before each retry of a release's failed overlay extract ("none": no retries)`)
 	provision := fs.Bool("provision", envBool("CLAIM_ROUTER_PROVISION", true), "create or update the KV buckets and streams at start")
 	replicas := fs.Int("stream-replicas", envInt("NATS_STREAM_REPLICAS", natsx.DefaultReplicas), "replicas of the buckets and streams created by -provision (3 in a cluster)")
 	level := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
@@ -56,6 +62,10 @@ func mainErr(args []string) error {
 		return err
 	}
 
+	backoff, err := parseDurations(*extractBackoff)
+	if err != nil {
+		return fmt.Errorf("extract backoff %q: %w", *extractBackoff, err)
+	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
 		return fmt.Errorf("log level %q: %w", *level, err)
@@ -81,14 +91,16 @@ func mainErr(args []string) error {
 		}
 	}
 	router, err := claimrouter.New(claimrouter.Config{
-		Conn:          nc,
-		JetStream:     js,
-		ReplicaID:     *replica,
-		ClaimTimeout:  *claimTimeout,
-		StaleAfter:    *staleAfter,
-		SweepInterval: *sweep,
-		Workers:       *workers,
-		Logger:        logger,
+		Conn:           nc,
+		JetStream:      js,
+		ReplicaID:      *replica,
+		ClaimTimeout:   *claimTimeout,
+		StaleAfter:     *staleAfter,
+		SweepInterval:  *sweep,
+		Workers:        *workers,
+		OverlayTimeout: *overlayTimeout,
+		ExtractBackoff: backoff,
+		Logger:         logger,
 	})
 	if err != nil {
 		return err
@@ -143,4 +155,33 @@ func envBool(name string, def bool) bool {
 		fmt.Fprintf(os.Stderr, "claim-router: ignoring %s=%q: not a boolean\n", name, v)
 	}
 	return def
+}
+
+// parseDurations reads a comma-separated list of durations; "none" (or
+// nothing) is the empty, non-nil list.
+func parseDurations(s string) ([]time.Duration, error) {
+	out := []time.Duration{}
+	s = strings.TrimSpace(s)
+	if s == "" || s == "none" {
+		return out, nil
+	}
+	for _, f := range strings.Split(s, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(f))
+		if err != nil {
+			return nil, err
+		}
+		if d < 0 {
+			return nil, fmt.Errorf("negative pause %s", d)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+func formatDurations(ds []time.Duration) string {
+	parts := make([]string, len(ds))
+	for i, d := range ds {
+		parts[i] = d.String()
+	}
+	return strings.Join(parts, ",")
 }
