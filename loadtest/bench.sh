@@ -2,7 +2,8 @@
 # The standard benchmark (make bench): a fresh dev stack, a pool sized for the load, then
 #   1. pool claims through REST, 200/s for 30 s, a new tenant per claim;
 #   2. existing claims through REST, 200/s for 10 s over 100 tenants already claimed;
-#   3. pool claims over NATS (claim-router directly), 200/s for 10 s.
+#   3. pool claims over NATS (claim-router directly), 200/s for 10 s;
+#   4. overlays: 20 tenants write 10 MiB, release (extract), claim again (restore), release.
 # Figures are written to docs/benchmarks.md with the command lines that produced them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,4 +61,9 @@ curl -sf -X PUT localhost:3000/api/v1/pools/bench -H 'Content-Type: application/
 "$work/loadgen" -target rest -workload bench -rate "$RATE" -duration 10s -tenants 100 -prefix warm -out "$out"
 { echo; echo "## 3. Pool claims over NATS ($RATE/s for 10s, a new tenant each)"; echo; } >>"$out"
 "$work/loadgen" -target nats -workload bench -rate "$RATE" -duration 10s -prefix natspool -out "$out"
+{ echo; echo "## 4. Overlays: 10 MiB per tenant (20 tenants, 2/s): release with extraction, then the restoring claim"; echo; } >>"$out"
+curl -sf -X PUT localhost:3000/api/v1/pools/demo -H 'Content-Type: application/json' \
+  -d '{"name":"demo","spec":{"workloadRef":"demo","size":25,"maxFillConcurrency":10}}' >/dev/null
+until [ "$(curl -sf localhost:3000/api/v1/pools/demo | jq .status.ready)" -ge 25 ]; do sleep 1; done
+"$work/loadgen" -target rest -workload demo -rate 2 -data-bytes 10485760 -data-tenants 20 -prefix data -out "$out"
 echo "bench: wrote $out"

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 
 	"io"
 	"net/http"
@@ -21,6 +22,12 @@ import (
 type Client interface {
 	Claim(ctx context.Context, tenant, workload string) (source, code string)
 	Release(ctx context.Context, tenant, workload string) (code string)
+}
+
+// Writer puts data into a claimed instance (the dev node's demo server serves PUT /files).
+type Writer interface {
+	ClaimWithEndpoint(ctx context.Context, tenant, workload string) (v messages.ClaimView, code string)
+	Write(ctx context.Context, v messages.ClaimView, path string, data []byte) (code string)
 }
 
 // REST talks to edge.
@@ -53,18 +60,43 @@ func (c *REST) post(ctx context.Context, path string, body any) (int, []byte, er
 }
 
 func (c *REST) Claim(ctx context.Context, tenant, workload string) (string, string) {
+	v, code := c.ClaimWithEndpoint(ctx, tenant, workload)
+	return string(v.Source), code
+}
+
+func (c *REST) ClaimWithEndpoint(ctx context.Context, tenant, workload string) (messages.ClaimView, string) {
+	var v messages.ClaimView
 	status, body, err := c.post(ctx, "/api/v1/tenants/"+url.PathEscape(tenant)+"/claim", map[string]any{"workload": workload})
 	if err != nil {
-		return "", "transport"
+		return v, "transport"
 	}
 	if status != http.StatusOK && status != http.StatusCreated {
-		return "", strconv.Itoa(status)
+		return v, strconv.Itoa(status)
 	}
-	var v messages.ClaimView
 	if err := json.Unmarshal(body, &v); err != nil {
-		return "", "bad-body"
+		return v, "bad-body"
 	}
-	return string(v.Source), ""
+	return v, ""
+}
+
+func (c *REST) Write(ctx context.Context, v messages.ClaimView, path string, data []byte) string {
+	if v.Endpoint == nil {
+		return "no-endpoint"
+	}
+	u := fmt.Sprintf("http://%s:%d/files%s", v.Endpoint.Host, v.Endpoint.Port, path)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, bytes.NewReader(data))
+	if err != nil {
+		return "bad-request"
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return "transport"
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return "write-" + strconv.Itoa(resp.StatusCode)
+	}
+	return ""
 }
 
 func (c *REST) Release(ctx context.Context, tenant, workload string) string {

@@ -25,6 +25,7 @@ import (
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/services/claimrouter"
 	"boilerhouse.dev/services/edge"
+	"boilerhouse.dev/services/overlaystore"
 	"boilerhouse.dev/services/poolmanager"
 	"boilerhouse.dev/tools/devnode"
 )
@@ -108,6 +109,11 @@ func startSystem(t *testing.T) *system {
 		t.Fatal(err)
 	}
 	goRun("pool-manager", pm.Run)
+	store, err := overlaystore.New(overlaystore.Config{RestConfig: plane.Config, NATS: conn(), Namespace: ns, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	goRun("overlay-store", store.Run)
 	ed, err := edge.New(edge.Config{NATS: conn(), Client: plane.Client, Namespace: ns})
 	if err != nil {
 		t.Fatal(err)
@@ -154,7 +160,7 @@ func (s *system) router(cfg claimrouter.Config) (kill func()) {
 }
 
 // workload creates a workload served on 8080 with a pool of size (no pool when size < 0).
-func (s *system) workload(name string, size int32) {
+func (s *system) workload(name string, size int32, overlayDirs ...string) {
 	s.t.Helper()
 	w := &v1alpha1.BoilerhouseWorkload{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: v1alpha1.WorkloadSpec{Version: "1", Image: v1alpha1.ImageSpec{Ref: "demo:1"},
@@ -162,6 +168,9 @@ func (s *system) workload(name string, size int32) {
 			Network:   &v1alpha1.NetworkSpec{Expose: []v1alpha1.ExposeSpec{{Guest: 8080}}},
 			Health: &v1alpha1.HealthSpec{IntervalSeconds: 1, UnhealthyThreshold: 3,
 				HTTPGet: &v1alpha1.HTTPGetHealth{Path: "/health", Port: 8080}}}}
+	if len(overlayDirs) > 0 {
+		w.Spec.Filesystem = &v1alpha1.FilesystemSpec{OverlayDirs: overlayDirs}
+	}
 	if err := s.client.Create(s.ctx, w); err != nil {
 		s.t.Fatal(err)
 	}
@@ -351,4 +360,65 @@ func TestClaimRouterKilledMidClaim(t *testing.T) {
 
 func jsonHasPhase(b []byte, p messages.ClaimPhase) bool {
 	return strings.Contains(string(b), `"phase":"`+string(p)+`"`)
+}
+
+// Test50TenantsHibernateAndResume: 50 tenants write their own bytes, hibernate at once, claim
+// again at once, and each reads back exactly its own data.
+func Test50TenantsHibernateAndResume(t *testing.T) {
+	s := startSystem(t)
+	s.router(claimrouter.Config{})
+	s.workload("notes", 20, "/data")
+	s.poolReady("notes", 20)
+
+	const n = 50
+	views := make([]messages.ClaimView, n)
+	run := func(what string, f func(i int, tenant string)) {
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() { defer wg.Done(); f(i, fmt.Sprintf("n-%d", i)) }()
+		}
+		wg.Wait()
+		if t.Failed() {
+			t.Fatalf("%s failed", what)
+		}
+	}
+	run("claim and write", func(i int, tenant string) {
+		code, v := s.restClaim(tenant, "notes")
+		if code != 201 {
+			t.Errorf("%s: claim %d %+v", tenant, code, v)
+			return
+		}
+		views[i] = v
+		req, _ := http.NewRequest(http.MethodPut, endpointURL(v, "/files/data/me.txt"), strings.NewReader("I am "+tenant))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode/100 != 2 {
+			t.Errorf("%s: write: %v %v", tenant, err, resp)
+			return
+		}
+		resp.Body.Close()
+	})
+	run("hibernate", func(_ int, tenant string) {
+		var rel messages.ClaimView
+		if code := postJSON(t, s.rest+"/api/v1/tenants/"+tenant+"/release", `{"workload":"notes"}`, &rel); code != 200 || rel.Phase != messages.PhaseReleased {
+			t.Errorf("%s: release %d %+v", tenant, code, rel)
+		}
+	})
+	sources := map[messages.ClaimSource]int{}
+	var mu sync.Mutex
+	run("resume and read", func(_ int, tenant string) {
+		code, v := s.restClaim(tenant, "notes")
+		if code != 201 || (v.Source != messages.SourcePoolData && v.Source != messages.SourceColdData) {
+			t.Errorf("%s: resume %d %+v, want pool+data or cold+data", tenant, code, v)
+			return
+		}
+		mu.Lock()
+		sources[v.Source]++
+		mu.Unlock()
+		status, body := getFile(t, endpointURL(v, "/files/data/me.txt"))
+		if status != 200 || string(body) != "I am "+tenant {
+			t.Errorf("%s read back %d %q", tenant, status, body)
+		}
+	})
+	t.Logf("resumed from %v", sources)
 }

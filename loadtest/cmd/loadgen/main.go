@@ -26,6 +26,8 @@ func main() {
 	prefix := flag.String("prefix", fmt.Sprintf("load-%d", time.Now().Unix()), "tenant id prefix")
 	release := flag.Bool("release", false, "release each claim after it answered")
 	out := flag.String("out", "", "append the result as markdown to this file")
+	dataBytes := flag.Int("data-bytes", 0, "overlay scenario (rest only): write this many bytes into each instance, release, claim again, release")
+	dataTenants := flag.Int("data-tenants", 20, "tenants of the overlay scenario")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -51,9 +53,20 @@ func main() {
 	if *tenants > 0 {
 		names = loadgen.TenantCycle(*prefix, *tenants)
 	}
-	sc := loadgen.Scenario{Workload: *workload, Rate: *rate, Duration: *duration, Tenants: names, Release: *release}
 	var rec loadgen.Recorder
-	elapsed := loadgen.Run(ctx, client, sc, &rec)
+	var elapsed time.Duration
+	if *dataBytes > 0 {
+		w, ok := client.(loadgen.Writer)
+		if !ok {
+			fmt.Fprintln(os.Stderr, "loadgen: -data-bytes needs -target rest")
+			os.Exit(2)
+		}
+		elapsed = loadgen.RunData(ctx, w, client, loadgen.DataScenario{Workload: *workload, Tenants: *dataTenants,
+			Rate: *rate, Bytes: *dataBytes, Path: "/data/blob", Prefix: *prefix}, &rec)
+	} else {
+		sc := loadgen.Scenario{Workload: *workload, Rate: *rate, Duration: *duration, Tenants: names, Release: *release}
+		elapsed = loadgen.Run(ctx, client, sc, &rec)
+	}
 	rep := rec.Summarise(elapsed)
 
 	var b strings.Builder
