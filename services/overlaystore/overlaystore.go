@@ -12,6 +12,7 @@ package overlaystore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -89,6 +91,9 @@ type Service struct {
 	kube  client.Reader
 	exec  Executor
 	store overlay.Store
+	// ledger is pool-manager's acquisition ledger (KV instances), nil until Run: it says who
+	// holds a pool Pod before its tenant label (written asynchronously) arrives.
+	ledger jetstream.KeyValue
 
 	ready chan struct{}
 	ran   atomic.Bool
@@ -187,6 +192,13 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	if s.cfg.NATS == nil {
 		return errors.New("overlaystore: Config.NATS is required to serve")
+	}
+	if js, err := jetstream.New(s.cfg.NATS); err == nil {
+		kvCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if s.ledger, err = js.KeyValue(kvCtx, messages.BucketInstances); err != nil {
+			s.log.Warn("no instances ledger: pool+data restores wait for the tenant label", "err", err)
+		}
+		cancel()
 	}
 	if c, ok := s.store.(interface{ Clean(context.Context) error }); ok {
 		if err := c.Clean(ctx); err != nil {
@@ -460,6 +472,9 @@ func (s *Service) instance(ctx context.Context, name, tenant, workload string) (
 		if !errors.Is(err, errUnlabelled) {
 			return pod, err
 		}
+		if s.heldFor(ctx, name, tenant) {
+			return pod, nil
+		}
 		if time.Now().After(deadline) {
 			return nil, messages.Errorf(messages.CodeConflict, "instance %s has no tenant label after %s: not handing it tenant %q's data", name, s.cfg.LabelWait, tenant)
 		}
@@ -469,6 +484,22 @@ func (s *Service) instance(ctx context.Context, name, tenant, workload string) (
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// heldFor says whether pool-manager's ledger records the instance as acquired for tenant.
+func (s *Service) heldFor(ctx context.Context, name, tenant string) bool {
+	if s.ledger == nil {
+		return false
+	}
+	e, err := s.ledger.Get(ctx, name)
+	if err != nil {
+		return false
+	}
+	var held struct {
+		TenantID string `json:"tenantId"`
+		State    string `json:"state"`
+	}
+	return json.Unmarshal(e.Value(), &held) == nil && held.State == "acquired" && held.TenantID == tenant
 }
 
 // dirs reads the workload and chooses the overlay dirs of the Pod.

@@ -1,7 +1,9 @@
 package devstack_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -109,11 +111,6 @@ func startSystem(t *testing.T) *system {
 		t.Fatal(err)
 	}
 	goRun("pool-manager", pm.Run)
-	store, err := overlaystore.New(overlaystore.Config{RestConfig: plane.Config, NATS: conn(), Namespace: ns, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	goRun("overlay-store", store.Run)
 	ed, err := edge.New(edge.Config{NATS: conn(), Client: plane.Client, Namespace: ns})
 	if err != nil {
 		t.Fatal(err)
@@ -155,6 +152,26 @@ func (s *system) router(cfg claimrouter.Config) (kill func()) {
 	kill = func() {
 		once.Do(func() { nc.Close(); cancel(); <-done })
 	}
+	s.t.Cleanup(kill)
+	return kill
+}
+
+// store starts an overlay-store on dir; the returned function kills it like a crash.
+func (s *system) store(dir string) (kill func()) {
+	s.t.Helper()
+	nc, err := natsx.Connect(s.nats.url)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	st, err := overlaystore.New(overlaystore.Config{RestConfig: plane.Config, NATS: nc, Namespace: ns, StoreDir: dir})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = st.Run(ctx) }()
+	var once sync.Once
+	kill = func() { once.Do(func() { nc.Close(); cancel(); <-done }) }
 	s.t.Cleanup(kill)
 	return kill
 }
@@ -367,6 +384,7 @@ func jsonHasPhase(b []byte, p messages.ClaimPhase) bool {
 func Test50TenantsHibernateAndResume(t *testing.T) {
 	s := startSystem(t)
 	s.router(claimrouter.Config{})
+	s.store(t.TempDir())
 	s.workload("notes", 20, "/data")
 	s.poolReady("notes", 20)
 
@@ -421,4 +439,77 @@ func Test50TenantsHibernateAndResume(t *testing.T) {
 		}
 	})
 	t.Logf("resumed from %v", sources)
+}
+
+// TestOverlayStoreCrashDuringExtraction: the overlay-store dies while it extracts a release;
+// the release still ends Released with the data stored (once a store is back), and the next
+// claim reads the same bytes.
+func TestOverlayStoreCrashDuringExtraction(t *testing.T) {
+	s := startSystem(t)
+	// A request the dead store took is only given up at OverlayTimeout (default 5 m, sized for
+	// big archives); shortened here so the retry reaches the restarted store soon.
+	s.router(claimrouter.Config{OverlayTimeout: 10 * time.Second,
+		ExtractBackoff: []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second}})
+	dir := t.TempDir()
+	kill := s.store(dir)
+	s.workload("vault", 2, "/data")
+	s.poolReady("vault", 2)
+
+	code, v := s.restClaim("frank", "vault")
+	if code != 201 {
+		t.Fatalf("claim %d %+v", code, v)
+	}
+	data := make([]byte, 64<<20) // large enough that the extract is still running when we kill
+	for i := range data {
+		data[i] = byte(i*7 + i>>9)
+	}
+	req, _ := http.NewRequest(http.MethodPut, endpointURL(v, "/files/data/big.bin"), bytes.NewReader(data))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode/100 != 2 {
+		t.Fatalf("write: %v %v", err, resp)
+	}
+	resp.Body.Close()
+
+	go func() {
+		var rel messages.ClaimView
+		postJSON(t, s.rest+"/api/v1/tenants/frank/release", `{"workload":"vault"}`, &rel)
+	}()
+	key := messages.ClaimKey("frank", "vault")
+	eventually(t, "release started", 10*time.Second, func() bool {
+		e, err := s.kv.Get(s.ctx, key)
+		return err == nil && jsonHasPhase(e.Value(), messages.PhaseReleasing)
+	})
+	time.Sleep(150 * time.Millisecond) // into the extraction
+	kill()
+	s.store(dir) // the store comes back; the router's retry reaches it
+
+	var rel messages.ClaimView
+	eventually(t, "release ended", 2*time.Minute, func() bool {
+		e, err := s.kv.Get(s.ctx, key)
+		if err != nil || jsonHasPhase(e.Value(), messages.PhaseReleasing) {
+			return false
+		}
+		var rec messages.ClaimRecord
+		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+			t.Fatal(err)
+		}
+		rel = rec.View()
+		return true
+	})
+	if rel.Phase != messages.PhaseReleased {
+		// The only other acceptable end is ReleaseFailed with the Pod kept.
+		if rel.Phase != messages.PhaseReleaseFailed {
+			t.Fatalf("release ended %+v", rel)
+		}
+		s.pod(v.InstanceID) // still there
+		t.Fatalf("release ended ReleaseFailed (Pod kept): %s", rel.Detail)
+	}
+	code, again := s.restClaim("frank", "vault")
+	if code != 201 || again.Source != messages.SourcePoolData {
+		t.Fatalf("claim after crash: %d %+v, want pool+data", code, again)
+	}
+	status, got := getFile(t, endpointURL(again, "/files/data/big.bin"))
+	if status != 200 || !bytes.Equal(got, data) {
+		t.Fatalf("read back %d, %d bytes, want the %d written", status, len(got), len(data))
+	}
 }
