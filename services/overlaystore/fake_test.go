@@ -47,7 +47,7 @@ func newFakeExec(t *testing.T) *fakeExec {
 	t.Helper()
 	tarBin, err := exec.LookPath("tar")
 	if err != nil {
-		t.Skip("no tar binary")
+		t.Fatal("tar not found: the tests use the real tar")
 	}
 	return &fakeExec{root: t.TempDir(), tar: tarBin, fail: map[string]int{}}
 }

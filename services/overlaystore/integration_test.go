@@ -71,9 +71,6 @@ func integrationLogger() *slog.Logger {
 // realEnv starts (once) the control plane and the dev node.
 func realEnv(t *testing.T) *realEnvironment {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a control plane and the dev node")
-	}
 	real.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
