@@ -24,7 +24,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -34,6 +33,7 @@ import (
 	"github.com/oklog/run"
 
 	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/pkg/svcmain"
 	"boilerhouse.dev/services/claimrouter"
 )
 
@@ -46,18 +46,18 @@ func main() {
 
 func mainErr(args []string) error {
 	fs := flag.NewFlagSet("claim-router", flag.ContinueOnError)
-	natsURL := fs.String("nats-url", env("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated")
-	replica := fs.String("replica-id", env("CLAIM_ROUTER_REPLICA_ID", ""), "owner name of this replica (default random)")
-	claimTimeout := fs.Duration("claim-timeout", envDuration("CLAIM_ROUTER_CLAIM_TIMEOUT", claimrouter.DefaultClaimTimeout), "how long a claim may stay Pending")
-	staleAfter := fs.Duration("stale-after", envDuration("CLAIM_ROUTER_STALE_AFTER", claimrouter.DefaultStaleAfter), "age of an owner's last refresh after which its claim is taken over")
-	sweep := fs.Duration("sweep-interval", envDuration("CLAIM_ROUTER_SWEEP_INTERVAL", claimrouter.DefaultSweepInterval), "how often claims are scanned for takeover and expiry")
-	workers := fs.Int("workers", envInt("CLAIM_ROUTER_WORKERS", claimrouter.DefaultWorkers), "sagas running at once")
-	overlayTimeout := fs.Duration("overlay-timeout", envDuration("CLAIM_ROUTER_OVERLAY_TIMEOUT", claimrouter.DefaultOverlayTimeout), "bound of one overlay extract or restore request")
-	extractBackoff := fs.String("extract-backoff", env("CLAIM_ROUTER_EXTRACT_BACKOFF", formatDurations(claimrouter.DefaultExtractBackoff)),
+	natsURL := fs.String("nats-url", svcmain.Env("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated")
+	replica := fs.String("replica-id", svcmain.Env("CLAIM_ROUTER_REPLICA_ID", ""), "owner name of this replica (default random)")
+	claimTimeout := fs.Duration("claim-timeout", svcmain.EnvDuration("CLAIM_ROUTER_CLAIM_TIMEOUT", claimrouter.DefaultClaimTimeout), "how long a claim may stay Pending")
+	staleAfter := fs.Duration("stale-after", svcmain.EnvDuration("CLAIM_ROUTER_STALE_AFTER", claimrouter.DefaultStaleAfter), "age of an owner's last refresh after which its claim is taken over")
+	sweep := fs.Duration("sweep-interval", svcmain.EnvDuration("CLAIM_ROUTER_SWEEP_INTERVAL", claimrouter.DefaultSweepInterval), "how often claims are scanned for takeover and expiry")
+	workers := fs.Int("workers", svcmain.EnvInt("CLAIM_ROUTER_WORKERS", claimrouter.DefaultWorkers), "sagas running at once")
+	overlayTimeout := fs.Duration("overlay-timeout", svcmain.EnvDuration("CLAIM_ROUTER_OVERLAY_TIMEOUT", claimrouter.DefaultOverlayTimeout), "bound of one overlay extract or restore request")
+	extractBackoff := fs.String("extract-backoff", svcmain.Env("CLAIM_ROUTER_EXTRACT_BACKOFF", formatDurations(claimrouter.DefaultExtractBackoff)),
 		`comma-separated pauses before each retry of a release's failed overlay extract ("none": no retries)`)
-	provision := fs.Bool("provision", envBool("CLAIM_ROUTER_PROVISION", true), "create or update the KV buckets and streams at start")
-	replicas := fs.Int("stream-replicas", envInt("NATS_STREAM_REPLICAS", natsx.DefaultReplicas), "replicas of the buckets and streams created by -provision (3 in a cluster)")
-	level := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	provision := fs.Bool("provision", svcmain.EnvBool("CLAIM_ROUTER_PROVISION", true), "create or update the KV buckets and streams at start")
+	replicas := fs.Int("stream-replicas", svcmain.EnvInt("NATS_STREAM_REPLICAS", natsx.DefaultReplicas), "replicas of the buckets and streams created by -provision (3 in a cluster)")
+	level := fs.String("log-level", svcmain.Env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -118,43 +118,6 @@ func mainErr(args []string) error {
 		return nil
 	}
 	return err
-}
-
-func env(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok && v != "" {
-		return v
-	}
-	return def
-}
-
-func envDuration(name string, def time.Duration) time.Duration {
-	if v := env(name, ""); v != "" {
-		if d, err := time.ParseDuration(v); err == nil {
-			return d
-		}
-		fmt.Fprintf(os.Stderr, "claim-router: ignoring %s=%q: not a duration\n", name, v)
-	}
-	return def
-}
-
-func envInt(name string, def int) int {
-	if v := env(name, ""); v != "" {
-		if n, err := strconv.Atoi(v); err == nil {
-			return n
-		}
-		fmt.Fprintf(os.Stderr, "claim-router: ignoring %s=%q: not an integer\n", name, v)
-	}
-	return def
-}
-
-func envBool(name string, def bool) bool {
-	if v := env(name, ""); v != "" {
-		if b, err := strconv.ParseBool(v); err == nil {
-			return b
-		}
-		fmt.Fprintf(os.Stderr, "claim-router: ignoring %s=%q: not a boolean\n", name, v)
-	}
-	return def
 }
 
 // parseDurations reads a comma-separated list of durations; "none" (or

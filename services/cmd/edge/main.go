@@ -26,7 +26,6 @@ import (
 	"os"
 	"strconv"
 	"syscall"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/oklog/run"
@@ -37,6 +36,7 @@ import (
 
 	"boilerhouse.dev/pkg/api/v1alpha1"
 	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/pkg/svcmain"
 	"boilerhouse.dev/services/edge"
 )
 
@@ -50,33 +50,16 @@ func main() {
 	}
 }
 
-func env(key, def string) string {
-	if v, ok := os.LookupEnv(key); ok && v != "" {
-		return v
-	}
-	return def
-}
-
-func envDuration(key string, def time.Duration) time.Duration {
-	if v := env(key, ""); v != "" {
-		if d, err := time.ParseDuration(v); err == nil {
-			return d
-		}
-		fmt.Fprintf(os.Stderr, "edge: ignoring %s=%q: not a duration\n", key, v)
-	}
-	return def
-}
-
 func mainErr(args []string) error {
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
 	insecureDefault, _ := strconv.ParseBool(os.Getenv("INSECURE_DEV"))
 	var (
-		addr        = fs.String("addr", env("ADDR", edge.DefaultAddr), "listen address")
-		natsURL     = fs.String("nats-url", env("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma separated")
+		addr        = fs.String("addr", svcmain.Env("ADDR", edge.DefaultAddr), "listen address")
+		natsURL     = fs.String("nats-url", svcmain.Env("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma separated")
 		kubeconfig  = fs.String("kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty: in-cluster or ~/.kube/config")
-		namespace   = fs.String("namespace", env("K8S_NAMESPACE", edge.DefaultNamespace), "namespace of workloads, pools and Pods")
-		logLevel    = fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
-		execTimeout = fs.Duration("exec-timeout", envDuration("EXEC_TIMEOUT", edge.DefaultExecTimeout), "how long an instance exec may run")
+		namespace   = fs.String("namespace", svcmain.Env("K8S_NAMESPACE", edge.DefaultNamespace), "namespace of workloads, pools and Pods")
+		logLevel    = fs.String("log-level", svcmain.Env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+		execTimeout = fs.Duration("exec-timeout", svcmain.EnvDuration("EXEC_TIMEOUT", edge.DefaultExecTimeout), "how long an instance exec may run")
 		insecureDev = fs.Bool("insecure-dev", insecureDefault, "serve without an API key (development only)")
 	)
 	if err := fs.Parse(args); err != nil {

@@ -26,17 +26,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
 	"syscall"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/oklog/run"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/pkg/overlay"
+	"boilerhouse.dev/pkg/svcmain"
 	"boilerhouse.dev/services/overlaystore"
 )
 
@@ -50,18 +47,18 @@ func main() {
 func mainErr(args []string) error {
 	d := overlay.DefaultLimits
 	fs := flag.NewFlagSet("overlay-store", flag.ContinueOnError)
-	natsURL := fs.String("nats-url", env("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated")
-	kubeconfig := fs.String("kubeconfig", env("KUBECONFIG", ""), "kubeconfig file (default: in-cluster configuration)")
-	namespace := fs.String("namespace", env("K8S_NAMESPACE", env("BOILERHOUSE_NAMESPACE", overlaystore.DefaultNamespace)), "namespace of workloads and Pods")
-	dir := fs.String("snapshot-dir", env("SNAPSHOT_DIR", overlaystore.DefaultStoreDir), "root directory of the archive store")
-	maxArchive := fs.Int64("max-archive-bytes", envInt("OVERLAY_MAX_ARCHIVE_BYTES", d.MaxArchiveBytes), "largest compressed archive")
-	maxTotal := fs.Int64("max-total-bytes", envInt("OVERLAY_MAX_TOTAL_BYTES", d.MaxTotalBytes), "largest sum of file sizes in an overlay")
-	maxFile := fs.Int64("max-file-bytes", envInt("OVERLAY_MAX_FILE_BYTES", d.MaxFileBytes), "largest single file")
-	maxEntries := fs.Int64("max-entries", envInt("OVERLAY_MAX_ENTRIES", int64(d.MaxEntries)), "most entries in an overlay")
-	workers := fs.Int("workers", int(envInt("OVERLAY_STORE_WORKERS", overlaystore.DefaultWorkers)), "concurrent requests per subject")
-	transfer := fs.Duration("transfer-timeout", envDuration("OVERLAY_STORE_TRANSFER_TIMEOUT", overlaystore.DefaultTransferTimeout), "bound of one extract or restore")
-	grace := fs.Duration("shutdown-grace", envDuration("OVERLAY_STORE_SHUTDOWN_GRACE", overlaystore.DefaultShutdownGrace), "time running transfers get to finish on SIGTERM")
-	level := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	natsURL := fs.String("nats-url", svcmain.Env("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated")
+	kubeconfig := fs.String("kubeconfig", svcmain.Env("KUBECONFIG", ""), "kubeconfig file (default: in-cluster configuration)")
+	namespace := fs.String("namespace", svcmain.Env("K8S_NAMESPACE", svcmain.Env("BOILERHOUSE_NAMESPACE", overlaystore.DefaultNamespace)), "namespace of workloads and Pods")
+	dir := fs.String("snapshot-dir", svcmain.Env("SNAPSHOT_DIR", overlaystore.DefaultStoreDir), "root directory of the archive store")
+	maxArchive := fs.Int64("max-archive-bytes", svcmain.EnvInt("OVERLAY_MAX_ARCHIVE_BYTES", d.MaxArchiveBytes), "largest compressed archive")
+	maxTotal := fs.Int64("max-total-bytes", svcmain.EnvInt("OVERLAY_MAX_TOTAL_BYTES", d.MaxTotalBytes), "largest sum of file sizes in an overlay")
+	maxFile := fs.Int64("max-file-bytes", svcmain.EnvInt("OVERLAY_MAX_FILE_BYTES", d.MaxFileBytes), "largest single file")
+	maxEntries := fs.Int64("max-entries", svcmain.EnvInt("OVERLAY_MAX_ENTRIES", int64(d.MaxEntries)), "most entries in an overlay")
+	workers := fs.Int("workers", int(svcmain.EnvInt("OVERLAY_STORE_WORKERS", overlaystore.DefaultWorkers)), "concurrent requests per subject")
+	transfer := fs.Duration("transfer-timeout", svcmain.EnvDuration("OVERLAY_STORE_TRANSFER_TIMEOUT", overlaystore.DefaultTransferTimeout), "bound of one extract or restore")
+	grace := fs.Duration("shutdown-grace", svcmain.EnvDuration("OVERLAY_STORE_SHUTDOWN_GRACE", overlaystore.DefaultShutdownGrace), "time running transfers get to finish on SIGTERM")
+	level := fs.String("log-level", svcmain.Env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -76,7 +73,7 @@ func mainErr(args []string) error {
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	slog.SetDefault(logger)
 
-	restConfig, err := kubeConfig(*kubeconfig)
+	restConfig, err := svcmain.KubeConfig(*kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -114,47 +111,4 @@ func mainErr(args []string) error {
 		return nil
 	}
 	return err
-}
-
-// kubeConfig loads the kubeconfig file, or the in-cluster configuration when path is empty.
-func kubeConfig(path string) (*rest.Config, error) {
-	if path != "" {
-		c, err := clientcmd.BuildConfigFromFlags("", path)
-		if err != nil {
-			return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
-		}
-		return c, nil
-	}
-	c, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("no -kubeconfig given and not running in a cluster: %w", err)
-	}
-	return c, nil
-}
-
-func env(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok && v != "" {
-		return v
-	}
-	return def
-}
-
-func envInt(name string, def int64) int64 {
-	if v := env(name, ""); v != "" {
-		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-			return n
-		}
-		fmt.Fprintf(os.Stderr, "overlay-store: ignoring %s=%q: not an integer\n", name, v)
-	}
-	return def
-}
-
-func envDuration(name string, def time.Duration) time.Duration {
-	if v := env(name, ""); v != "" {
-		if dur, err := time.ParseDuration(v); err == nil {
-			return dur
-		}
-		fmt.Fprintf(os.Stderr, "overlay-store: ignoring %s=%q: not a duration\n", name, v)
-	}
-	return def
 }

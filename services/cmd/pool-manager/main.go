@@ -26,18 +26,16 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/run"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/pkg/overlay"
+	"boilerhouse.dev/pkg/svcmain"
 	"boilerhouse.dev/services/poolmanager"
 )
 
@@ -51,18 +49,18 @@ func main() {
 func mainErr(args []string) error {
 	host, _ := os.Hostname()
 	fs := flag.NewFlagSet("pool-manager", flag.ContinueOnError)
-	natsURL := fs.String("nats-url", env("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated")
-	kubeconfig := fs.String("kubeconfig", env("KUBECONFIG", ""), "kubeconfig file (default: in-cluster configuration)")
-	namespace := fs.String("namespace", env("BOILERHOUSE_NAMESPACE", poolmanager.DefaultNamespace), "namespace of workloads, pools and Pods")
-	replica := fs.String("replica-id", env("POOL_MANAGER_REPLICA_ID", host), "name of this replica")
-	leaderElect := fs.Bool("leader-elect", envBool("POOL_MANAGER_LEADER_ELECT", true), "run the reconcilers on one replica at a time")
-	bootTimeout := fs.Duration("boot-timeout", envDuration("POOL_MANAGER_BOOT_TIMEOUT", poolmanager.DefaultBootTimeout), "how long a boot waits for its Pod to be Ready")
-	warmingTimeout := fs.Duration("warming-timeout", envDuration("POOL_MANAGER_WARMING_TIMEOUT", poolmanager.DefaultWarmingTimeout), "replace pool Pods that stay unready this long")
-	metricsAddr := fs.String("metrics-addr", env("POOL_MANAGER_METRICS_ADDR", ":9090"), "metrics listener address, 0 for none")
-	healthAddr := fs.String("health-addr", env("POOL_MANAGER_HEALTH_ADDR", ":9091"), "health probe listener address, 0 for none")
-	helperImage := fs.String("helper-image", env("OVERLAY_HELPER_IMAGE", overlay.DefaultHelperImage), "image of the overlay helper and restore init containers (needs sh, sleep, tar, touch)")
-	provision := fs.Bool("provision", envBool("POOL_MANAGER_PROVISION", true), "create or update the KV buckets and streams at start")
-	level := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	natsURL := fs.String("nats-url", svcmain.Env("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated")
+	kubeconfig := fs.String("kubeconfig", svcmain.Env("KUBECONFIG", ""), "kubeconfig file (default: in-cluster configuration)")
+	namespace := fs.String("namespace", svcmain.Env("BOILERHOUSE_NAMESPACE", poolmanager.DefaultNamespace), "namespace of workloads, pools and Pods")
+	replica := fs.String("replica-id", svcmain.Env("POOL_MANAGER_REPLICA_ID", host), "name of this replica")
+	leaderElect := fs.Bool("leader-elect", svcmain.EnvBool("POOL_MANAGER_LEADER_ELECT", true), "run the reconcilers on one replica at a time")
+	bootTimeout := fs.Duration("boot-timeout", svcmain.EnvDuration("POOL_MANAGER_BOOT_TIMEOUT", poolmanager.DefaultBootTimeout), "how long a boot waits for its Pod to be Ready")
+	warmingTimeout := fs.Duration("warming-timeout", svcmain.EnvDuration("POOL_MANAGER_WARMING_TIMEOUT", poolmanager.DefaultWarmingTimeout), "replace pool Pods that stay unready this long")
+	metricsAddr := fs.String("metrics-addr", svcmain.Env("POOL_MANAGER_METRICS_ADDR", ":9090"), "metrics listener address, 0 for none")
+	healthAddr := fs.String("health-addr", svcmain.Env("POOL_MANAGER_HEALTH_ADDR", ":9091"), "health probe listener address, 0 for none")
+	helperImage := fs.String("helper-image", svcmain.Env("OVERLAY_HELPER_IMAGE", overlay.DefaultHelperImage), "image of the overlay helper and restore init containers (needs sh, sleep, tar, touch)")
+	provision := fs.Bool("provision", svcmain.EnvBool("POOL_MANAGER_PROVISION", true), "create or update the KV buckets and streams at start")
+	level := fs.String("log-level", svcmain.Env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -74,7 +72,7 @@ func mainErr(args []string) error {
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	slog.SetDefault(logger)
 
-	restConfig, err := kubeConfig(*kubeconfig)
+	restConfig, err := svcmain.KubeConfig(*kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -124,47 +122,4 @@ func mainErr(args []string) error {
 		return nil
 	}
 	return err
-}
-
-// kubeConfig loads the kubeconfig file, or the in-cluster configuration when path is empty.
-func kubeConfig(path string) (*rest.Config, error) {
-	if path != "" {
-		c, err := clientcmd.BuildConfigFromFlags("", path)
-		if err != nil {
-			return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
-		}
-		return c, nil
-	}
-	c, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("no -kubeconfig given and not running in a cluster: %w", err)
-	}
-	return c, nil
-}
-
-func env(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok && v != "" {
-		return v
-	}
-	return def
-}
-
-func envDuration(name string, def time.Duration) time.Duration {
-	if v := env(name, ""); v != "" {
-		if d, err := time.ParseDuration(v); err == nil {
-			return d
-		}
-		fmt.Fprintf(os.Stderr, "pool-manager: ignoring %s=%q: not a duration\n", name, v)
-	}
-	return def
-}
-
-func envBool(name string, def bool) bool {
-	if v := env(name, ""); v != "" {
-		if b, err := strconv.ParseBool(v); err == nil {
-			return b
-		}
-		fmt.Fprintf(os.Stderr, "pool-manager: ignoring %s=%q: not a boolean\n", name, v)
-	}
-	return def
 }

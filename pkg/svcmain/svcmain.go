@@ -1,0 +1,70 @@
+// Package svcmain holds what every service binary's main needs: flag defaults from the
+// environment and the Kubernetes client configuration.
+package svcmain
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Env is the variable's value, or def when it is unset or empty.
+func Env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+// EnvDuration parses the variable as a Go duration; a malformed value is reported and ignored.
+func EnvDuration(name string, def time.Duration) time.Duration {
+	if v := Env(name, ""); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
+		fmt.Fprintf(os.Stderr, "ignoring %s=%q: not a duration\n", name, v)
+	}
+	return def
+}
+
+// EnvInt parses the variable as an integer; a malformed value is reported and ignored.
+func EnvInt[T int | int64](name string, def T) T {
+	if v := Env(name, ""); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			return T(n)
+		}
+		fmt.Fprintf(os.Stderr, "ignoring %s=%q: not an integer\n", name, v)
+	}
+	return def
+}
+
+// EnvBool parses the variable as a boolean; a malformed value is reported and ignored.
+func EnvBool(name string, def bool) bool {
+	if v := Env(name, ""); v != "" {
+		if b, err := strconv.ParseBool(v); err == nil {
+			return b
+		}
+		fmt.Fprintf(os.Stderr, "ignoring %s=%q: not a boolean\n", name, v)
+	}
+	return def
+}
+
+// KubeConfig loads the kubeconfig file, or the in-cluster configuration when path is empty.
+func KubeConfig(path string) (*rest.Config, error) {
+	if path != "" {
+		c, err := clientcmd.BuildConfigFromFlags("", path)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+		}
+		return c, nil
+	}
+	c, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no -kubeconfig given and not running in a cluster: %w", err)
+	}
+	return c, nil
+}
