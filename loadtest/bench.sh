@@ -14,7 +14,7 @@ out=docs/benchmarks.md
 work=$(mktemp -d)
 go build -o "$work/devstack" ./tools/cmd/devstack
 go build -o "$work/loadgen" ./loadtest/cmd/loadgen
-"$work/devstack" -state "$work/.devstack" -examples=true ${PPROF:+-pprof $PPROF} >"$work/stdout" 2>"$work/stack.log" &
+"$work/devstack" -state "$work/.devstack" -examples=true ${PPROF:+-pprof $PPROF} ${NOSYNC:+-no-sync} >"$work/stdout" 2>"$work/stack.log" &
 pid=$!
 trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
 until curl -sf localhost:3000/api/v1/health >/dev/null; do
