@@ -111,6 +111,11 @@ type ClaimView struct {
 	// Detail explains an Error or ReleaseFailed phase, or what a Pending
 	// claim is waiting for.
 	Detail string `json:"detail,omitempty"`
+	// LastActivity and IdleDeadline are set on an Active claim whose
+	// workload has an idle timeout: the last activity idle-reaper recorded
+	// and when the claim will be released unless used again.
+	LastActivity *time.Time `json:"lastActivity,omitempty"`
+	IdleDeadline *time.Time `json:"idleDeadline,omitempty"`
 }
 
 // Timestamp returns t in UTC truncated to whole seconds, the form used for

@@ -35,6 +35,8 @@ type Instance struct {
 	Overlays bool `json:"overlays,omitempty"`
 	// ReleaseAction is the workload's idle.action ("hibernate" or "destroy"), applied on release.
 	ReleaseAction string `json:"releaseAction,omitempty"`
+	// IdleTimeoutSeconds is the workload's idle.timeoutSeconds (0: never idle-released).
+	IdleTimeoutSeconds int32 `json:"idleTimeoutSeconds,omitempty"`
 }
 
 // BootRequest boots a new instance for a claim when no pool instance is

@@ -28,8 +28,12 @@ type ClaimRecord struct {
 	Overlays      bool       `json:"overlays,omitempty"`
 	ReleaseAction string     `json:"releaseAction,omitempty"`
 	LastActivity  *time.Time `json:"lastActivity,omitempty"`
-	CreatedAt     time.Time  `json:"createdAt"`
-	UpdatedAt     time.Time  `json:"updatedAt"`
+	// IdleTimeoutSeconds is copied from the instance at activation; when
+	// positive, idle-reaper releases the claim that long after its last
+	// activity.
+	IdleTimeoutSeconds int32     `json:"idleTimeoutSeconds,omitempty"`
+	CreatedAt          time.Time `json:"createdAt"`
+	UpdatedAt          time.Time `json:"updatedAt"`
 	// Deadline is when a Pending claim turns Error, or a Releasing one is
 	// retried by another router.
 	Deadline time.Time `json:"deadline,omitempty"`
@@ -50,4 +54,21 @@ func (r ClaimRecord) View() ClaimView {
 		ClaimedAt:  r.ClaimedAt,
 		Detail:     r.Detail,
 	}
+}
+
+// IdleValue is the value idle-reaper keeps under [ClaimKey] in [BucketIdle]
+// while an Active claim with an idle timeout lives. The key carries a
+// per-key TTL that ends at LastActivity + TimeoutSeconds; its expiry marker
+// is the idle deadline. Fired marks the key written by the one reaper
+// replica that asked for the release.
+type IdleValue struct {
+	ClaimID        string    `json:"claimId"`
+	LastActivity   time.Time `json:"lastActivity"`
+	TimeoutSeconds int32     `json:"timeoutSeconds"`
+	Fired          bool      `json:"fired,omitempty"`
+}
+
+// Deadline is LastActivity + TimeoutSeconds.
+func (v IdleValue) Deadline() time.Time {
+	return v.LastActivity.Add(time.Duration(v.TimeoutSeconds) * time.Second)
 }

@@ -198,6 +198,7 @@ type Router struct {
 	ready    chan struct{}
 	stopping chan struct{}
 	wg       sync.WaitGroup
+	idleKV   jetstream.KeyValue
 }
 
 // New checks cfg and builds a Router. Nothing is subscribed until Run.
@@ -399,6 +400,7 @@ func (r *Router) Claim(ctx context.Context, req messages.ClaimRequest) (messages
 		case ClaimExisting:
 			v := cur.Record.View()
 			v.Source = messages.SourceExisting
+			r.activity(cur.Record, now)
 			return v, nil
 		case ClaimConflict:
 			return zero, messages.Errorf(messages.CodeConflict, "the claim of tenant %q on workload %q is %s (%s); its release must be retried or forced first",
@@ -564,7 +566,9 @@ func (r *Router) Get(ctx context.Context, req messages.ClaimGetRequest) (message
 	if e == nil {
 		return messages.ClaimView{}, messages.Errorf(messages.CodeNotFound, "tenant %q has no claim on workload %q", req.TenantID, req.Workload)
 	}
-	return e.Record.View(), nil
+	v := e.Record.View()
+	r.idleView(ctx, e.Record, &v)
+	return v, nil
 }
 
 // Tenant serves bh.v1.tenants.get: every claim of one tenant (any phase),
@@ -583,6 +587,15 @@ func (r *Router) Tenant(ctx context.Context, req messages.TenantGetRequest) (mes
 	views := groupByTenant(entries)
 	if len(views) == 0 {
 		return messages.TenantView{}, messages.Errorf(messages.CodeNotFound, "tenant %q has no claims", req.TenantID)
+	}
+	byWorkload := make(map[string]messages.ClaimRecord, len(entries))
+	for _, e := range entries {
+		byWorkload[e.Record.Workload] = e.Record
+	}
+	for i := range views[0].Claims {
+		if rec, ok := byWorkload[views[0].Claims[i].Workload]; ok {
+			r.idleView(ctx, rec, &views[0].Claims[i])
+		}
 	}
 	return views[0], nil
 }

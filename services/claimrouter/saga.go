@@ -414,6 +414,9 @@ func (r *Router) bootCold(ctx, dctx context.Context, e Entry, restoreGen int64, 
 				// extract).
 				inst.Overlays = true
 				inst.ReleaseAction = firstOf(inst.ReleaseAction, awaited.ReleaseAction)
+				if inst.IdleTimeoutSeconds == 0 {
+					inst.IdleTimeoutSeconds = awaited.IdleTimeoutSeconds
+				}
 			}
 			source, gen, restoreNow := ColdOutcome(rec, inst, req.RestoreGeneration, restored, knownEmpty)
 			if restoreNow {

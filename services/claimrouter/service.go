@@ -497,6 +497,7 @@ func Activate(rec *messages.ClaimRecord, id, owner string, got Obtained, now tim
 	next.RestoredGeneration = got.RestoredGeneration
 	next.Overlays = inst.Overlays
 	next.ReleaseAction = inst.ReleaseAction
+	next.IdleTimeoutSeconds = inst.IdleTimeoutSeconds
 	next.ClaimedAt = messages.Timestamp(now)
 	next.Detail = ""
 	next.UpdatedAt = now.UTC()

@@ -61,6 +61,7 @@ type (
 // endpoints are the edge's operations, one per route.
 type endpoints struct {
 	Claim, Release, GetClaim, GetTenant, ListTenants                           endpoint.Endpoint
+	Activity                                                                   endpoint.Endpoint
 	Health, Stats                                                              endpoint.Endpoint
 	CreateWorkload, ListWorkloads, GetWorkload, UpdateWorkload, DeleteWorkload endpoint.Endpoint
 	CreatePool, ListPools, GetPool, UpdatePool, DeletePool                     endpoint.Endpoint
@@ -127,6 +128,7 @@ func (b *backend) endpoints() endpoints {
 		Release:         b.releaseEndpoint,
 		GetClaim:        b.getClaimEndpoint,
 		GetTenant:       b.getTenantEndpoint,
+		Activity:        b.activityEndpoint,
 		ListTenants:     b.listTenantsEndpoint,
 		Health:          b.healthEndpoint,
 		Stats:           b.statsEndpoint,
@@ -601,6 +603,7 @@ func (b *backend) instanceLogs(ctx context.Context, request any) (any, error) {
 	if err := containerReady(p, container, false); err != nil {
 		return nil, err
 	}
+	b.podActivity(p)
 	ctx, cancel := context.WithTimeout(ctx, b.requestTimeout)
 	defer cancel()
 	limit := maxLogBytes
@@ -636,6 +639,7 @@ func (b *backend) instanceExec(ctx context.Context, request any) (any, error) {
 	if err := containerReady(p, container, true); err != nil {
 		return nil, err
 	}
+	b.podActivity(p)
 	u := b.clientset.CoreV1().RESTClient().Post().Resource("pods").Namespace(b.namespace).Name(req.id).SubResource("exec").
 		VersionedParams(&corev1.PodExecOptions{Container: container, Command: req.body.Command, Stdout: true, Stderr: true},
 			scheme.ParameterCodec).URL()

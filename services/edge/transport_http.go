@@ -41,6 +41,7 @@ func (e *Edge) routes(eps endpoints, gatherer prometheus.Gatherer) *http.ServeMu
 	api("POST /api/v1/tenants/{id}/release/force", server(eps.Release, decodeReasonRelease(messages.ReasonForce)))
 	api("GET /api/v1/tenants/{id}/claims/{workload}", server(eps.GetClaim, decodeClaimGet))
 	api("GET /api/v1/tenants/{id}", server(eps.GetTenant, decodeTenant))
+	api("POST /api/v1/tenants/{id}/activity", server(eps.Activity, decodeActivity))
 	api("GET /api/v1/tenants", server(eps.ListTenants, decodeNothing))
 	api("GET /api/v1/stats", server(eps.Stats, decodeNothing))
 

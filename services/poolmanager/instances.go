@@ -385,6 +385,8 @@ func instanceOf(p *corev1.Pod, w *v1alpha1.BoilerhouseWorkload, tenant, phase st
 		Phase:         phase,
 		Overlays:      HasOverlayHelper(p),
 		ReleaseAction: ReleaseAction(w),
+
+		IdleTimeoutSeconds: IdleTimeoutSeconds(w),
 	}
 }
 

@@ -232,6 +232,15 @@ func ReleaseAction(w *v1alpha1.BoilerhouseWorkload) string {
 	return string(v1alpha1.IdleActionHibernate)
 }
 
+// IdleTimeoutSeconds is the workload's idle.timeoutSeconds, 0 (never idle) when unset or
+// when the workload is unknown (nil).
+func IdleTimeoutSeconds(w *v1alpha1.BoilerhouseWorkload) int32 {
+	if w != nil && w.Spec.Idle != nil && w.Spec.Idle.TimeoutSeconds > 0 {
+		return w.Spec.Idle.TimeoutSeconds
+	}
+	return 0
+}
+
 // Endpoint is where a Pod serves: its IP and the first port of its main container; nil while
 // it has no IP.
 func Endpoint(p *corev1.Pod) *messages.Endpoint {

@@ -14,6 +14,7 @@ import (
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/services/claimrouter"
 	"boilerhouse.dev/services/edge"
+	"boilerhouse.dev/services/idlereaper"
 	"boilerhouse.dev/services/overlaystore"
 	"boilerhouse.dev/services/poolmanager"
 )
@@ -65,6 +66,15 @@ func newServices(_ context.Context, cfg Config, rc *rest.Config, kc client.Clien
 		return nil, err
 	}
 	s.actors = append(s.actors, store.Run)
+
+	if nc, err = conn("idle-reaper"); err != nil {
+		return nil, err
+	}
+	reaper, err := idlereaper.New(idlereaper.Config{Conn: nc, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	s.actors = append(s.actors, reaper.Run)
 
 	if nc, err = conn("edge"); err != nil {
 		return nil, err

@@ -1,0 +1,92 @@
+// Command idle-reaper runs the Boilerhouse idle-reaper: it releases (reason
+// idle) Active claims whose workload sets idle.timeoutSeconds once nobody used
+// them for that long. Deadlines live in the JetStream KV bucket "idle" as
+// per-key TTLs (see services/idlereaper); activity arrives on
+// bh.v1.activity.<tenant>.<workload>. Any number of replicas may run.
+//
+// Flags (each also read from the environment variable in brackets):
+//
+//	-nats-url        NATS server URL(s)                 [NATS_URL, default nats://127.0.0.1:4222]
+//	-fired-ttl       retry interval of an unanswered release [IDLE_REAPER_FIRED_TTL, default 30s]
+//	-provision       create/update buckets and streams  [IDLE_REAPER_PROVISION, default true]
+//	-stream-replicas replicas of what -provision makes  [NATS_STREAM_REPLICAS, default 1; 3 in a cluster]
+//	-log-level       debug, info, warn or error         [LOG_LEVEL, default info]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/run"
+
+	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/pkg/svcmain"
+	"boilerhouse.dev/services/idlereaper"
+)
+
+func main() {
+	if err := mainErr(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "idle-reaper:", err)
+		os.Exit(1)
+	}
+}
+
+func mainErr(args []string) error {
+	fs := flag.NewFlagSet("idle-reaper", flag.ContinueOnError)
+	natsURL := fs.String("nats-url", svcmain.Env("NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated")
+	firedTTL := fs.Duration("fired-ttl", svcmain.EnvDuration("IDLE_REAPER_FIRED_TTL", idlereaper.DefaultFiredTTL), "how long before an idle release that left the claim Active is asked again")
+	provision := fs.Bool("provision", svcmain.EnvBool("IDLE_REAPER_PROVISION", true), "create or update the KV buckets and streams at start")
+	replicas := fs.Int("stream-replicas", svcmain.EnvInt("NATS_STREAM_REPLICAS", natsx.DefaultReplicas), "replicas of the buckets and streams created by -provision (3 in a cluster)")
+	level := fs.String("log-level", svcmain.Env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("log level %q: %w", *level, err)
+	}
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	slog.SetDefault(logger)
+
+	nc, err := natsx.Connect(*natsURL, nats.Name("idle-reaper"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if *provision {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := natsx.Provision(ctx, js, natsx.ProvisionConfig{Replicas: *replicas})
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	reaper, err := idlereaper.New(idlereaper.Config{Conn: nc, JetStream: js, Logger: logger, FiredTTL: *firedTTL})
+	if err != nil {
+		return err
+	}
+	var g run.Group
+	{
+		ctx, cancel := context.WithCancel(context.Background())
+		g.Add(func() error { return reaper.Run(ctx) }, func(error) { cancel() })
+	}
+	g.Add(run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM))
+	err = g.Run()
+	if errors.Is(err, run.ErrSignal) {
+		logger.Info("idle-reaper stopped", "reason", err.Error())
+		return nil
+	}
+	return err
+}
