@@ -3,7 +3,8 @@
 #   1. pool claims through REST, 200/s for 30 s, a new tenant per claim;
 #   2. existing claims through REST, 200/s for 10 s over 100 tenants already claimed;
 #   3. pool claims over NATS (claim-router directly), 200/s for 10 s;
-#   4. overlays: 20 tenants write 10 MiB, release (extract), claim again (restore), release.
+#   4. overlays: 20 tenants write 10 MiB, release (extract), claim again (restore), release;
+#   5. idle-reaper: release lag of 10,000 idle claims (deadline to Releasing).
 # Figures are written to docs/benchmarks.md with the command lines that produced them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,4 +67,7 @@ curl -sf -X PUT localhost:3000/api/v1/pools/demo -H 'Content-Type: application/j
   -d '{"name":"demo","spec":{"workloadRef":"demo","size":25,"maxFillConcurrency":10}}' >/dev/null
 until [ "$(curl -sf localhost:3000/api/v1/pools/demo | jq .status.ready)" -ge 25 ]; do sleep 1; done
 "$work/loadgen" -target rest -workload demo -rate 2 -data-bytes 10485760 -data-tenants 20 -prefix data -out "$out"
+{ echo; echo "## 5. Idle release lag with 10,000 active claims (deadline to Releasing)"; echo;
+  echo "\`go test ./services/idlereaper/ -run '^\$' -bench ReleaseLag -benchtime=1x\`"; echo; } >>"$out"
+go test ./services/idlereaper/ -run '^$' -bench ReleaseLag -benchtime=1x 2>/dev/null | grep '^Benchmark' >>"$out"
 echo "bench: wrote $out"

@@ -19,7 +19,7 @@ import (
 // env is an embedded NATS server with the buckets provisioned and a fake
 // claim-router that does the Active -> Releasing compare-and-set on release.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	ctx    context.Context
 	srv    *server.Server
 	dir    string
@@ -32,7 +32,7 @@ type env struct {
 	wins     map[string]int
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
