@@ -37,6 +37,9 @@ type Instance struct {
 	ReleaseAction string `json:"releaseAction,omitempty"`
 	// IdleTimeoutSeconds is the workload's idle.timeoutSeconds (0: never idle-released).
 	IdleTimeoutSeconds int32 `json:"idleTimeoutSeconds,omitempty"`
+	// WatchDirs is the workload's idle.watchDirs: directories of container main whose
+	// modification times count as activity.
+	WatchDirs []string `json:"watchDirs,omitempty"`
 }
 
 // BootRequest boots a new instance for a claim when no pool instance is

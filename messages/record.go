@@ -31,9 +31,12 @@ type ClaimRecord struct {
 	// IdleTimeoutSeconds is copied from the instance at activation; when
 	// positive, idle-reaper releases the claim that long after its last
 	// activity.
-	IdleTimeoutSeconds int32     `json:"idleTimeoutSeconds,omitempty"`
-	CreatedAt          time.Time `json:"createdAt"`
-	UpdatedAt          time.Time `json:"updatedAt"`
+	IdleTimeoutSeconds int32 `json:"idleTimeoutSeconds,omitempty"`
+	// WatchDirs is copied from the instance at activation: idle-reaper
+	// counts a newer modification time under them as activity.
+	WatchDirs []string  `json:"watchDirs,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
 	// Deadline is when a Pending claim turns Error, or a Releasing one is
 	// retried by another router.
 	Deadline time.Time `json:"deadline,omitempty"`

@@ -417,6 +417,9 @@ func (r *Router) bootCold(ctx, dctx context.Context, e Entry, restoreGen int64, 
 				if inst.IdleTimeoutSeconds == 0 {
 					inst.IdleTimeoutSeconds = awaited.IdleTimeoutSeconds
 				}
+				if len(inst.WatchDirs) == 0 {
+					inst.WatchDirs = awaited.WatchDirs
+				}
 			}
 			source, gen, restoreNow := ColdOutcome(rec, inst, req.RestoreGeneration, restored, knownEmpty)
 			if restoreNow {

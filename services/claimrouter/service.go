@@ -498,6 +498,7 @@ func Activate(rec *messages.ClaimRecord, id, owner string, got Obtained, now tim
 	next.Overlays = inst.Overlays
 	next.ReleaseAction = inst.ReleaseAction
 	next.IdleTimeoutSeconds = inst.IdleTimeoutSeconds
+	next.WatchDirs = inst.WatchDirs
 	next.ClaimedAt = messages.Timestamp(now)
 	next.Detail = ""
 	next.UpdatedAt = now.UTC()

@@ -48,10 +48,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"k8s.io/client-go/rest"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/bus"
 	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/services/overlaystore"
 )
 
 // QueueIdleReaper is the queue group of the activity subscription.
@@ -84,6 +86,20 @@ type Config struct {
 	ReleaseTimeout time.Duration
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
+
+	// RestConfig reaches the API server for probing idle.watchDirs (exec
+	// into the instance's container "main"); nil: watchDirs are ignored
+	// (logged once).
+	RestConfig *rest.Config
+	// Executor overrides the exec used by the probes (tests); default a
+	// KubeExecutor of RestConfig.
+	Executor overlaystore.Executor
+	// Namespace of the instance Pods; default overlaystore.DefaultNamespace.
+	Namespace string
+	// ProbeConcurrency bounds the watchDirs probes running at once.
+	ProbeConcurrency int
+	// ProbeTimeout bounds one watchDirs probe.
+	ProbeTimeout time.Duration
 }
 
 // Reaper is the idle-reaper service.
@@ -103,6 +119,13 @@ type Reaper struct {
 	idle    map[string]idleState
 	pending map[string]time.Time // debounced activity waiting for its write
 	wrote   map[string]time.Time // last activity write per key
+
+	// watchDirs probing (see watchdirs.go); probes is owned by the loop.
+	exec         overlaystore.Executor
+	probes       map[string]*probeState
+	probeSem     chan struct{}
+	probeResults chan probeResult
+	warnedNoExec bool
 
 	ready chan struct{}
 	fired func(key string) // test hook: called when this replica asks for a release
@@ -140,6 +163,23 @@ func New(cfg Config) (*Reaper, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = overlaystore.DefaultNamespace
+	}
+	if cfg.ProbeConcurrency <= 0 {
+		cfg.ProbeConcurrency = DefaultProbeConcurrency
+	}
+	if cfg.ProbeTimeout <= 0 {
+		cfg.ProbeTimeout = DefaultProbeTimeout
+	}
+	exec := cfg.Executor
+	if exec == nil && cfg.RestConfig != nil {
+		ke, err := overlaystore.NewKubeExecutor(cfg.RestConfig)
+		if err != nil {
+			return nil, fmt.Errorf("idlereaper: kubernetes client: %w", err)
+		}
+		exec = ke
+	}
 	js := cfg.JetStream
 	if js == nil {
 		var err error
@@ -159,6 +199,11 @@ func New(cfg Config) (*Reaper, error) {
 		pending:  map[string]time.Time{},
 		wrote:    map[string]time.Time{},
 		ready:    make(chan struct{}),
+
+		exec:         exec,
+		probes:       map[string]*probeState{},
+		probeSem:     make(chan struct{}, cfg.ProbeConcurrency),
+		probeResults: make(chan probeResult, cfg.ProbeConcurrency),
 	}, nil
 }
 
@@ -257,6 +302,8 @@ func (r *Reaper) Run(ctx context.Context) error {
 			}
 		case <-r.wake:
 			r.drainActivity(ctx)
+		case res := <-r.probeResults:
+			r.probed(ctx, res)
 		case <-tick.C:
 			r.scan(ctx)
 		}
@@ -570,4 +617,5 @@ func (r *Reaper) scan(ctx context.Context) {
 			delete(r.wrote, key)
 		}
 	}
+	r.probeDirs(ctx, now)
 }

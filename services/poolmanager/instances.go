@@ -387,6 +387,7 @@ func instanceOf(p *corev1.Pod, w *v1alpha1.BoilerhouseWorkload, tenant, phase st
 		ReleaseAction: ReleaseAction(w),
 
 		IdleTimeoutSeconds: IdleTimeoutSeconds(w),
+		WatchDirs:          WatchDirs(w),
 	}
 }
 

@@ -241,6 +241,14 @@ func IdleTimeoutSeconds(w *v1alpha1.BoilerhouseWorkload) int32 {
 	return 0
 }
 
+// WatchDirs is the workload's idle.watchDirs (nil when unset or when the workload is unknown).
+func WatchDirs(w *v1alpha1.BoilerhouseWorkload) []string {
+	if w == nil || w.Spec.Idle == nil || len(w.Spec.Idle.WatchDirs) == 0 {
+		return nil
+	}
+	return append([]string(nil), w.Spec.Idle.WatchDirs...)
+}
+
 // Endpoint is where a Pod serves: its IP and the first port of its main container; nil while
 // it has no IP.
 func Endpoint(p *corev1.Pod) *messages.Endpoint {

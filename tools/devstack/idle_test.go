@@ -3,6 +3,7 @@ package devstack_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -26,7 +27,7 @@ func (s *system) reaper() (kill func()) {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	r, err := idlereaper.New(idlereaper.Config{Conn: nc})
+	r, err := idlereaper.New(idlereaper.Config{Conn: nc, RestConfig: plane.Config, Namespace: ns})
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -44,15 +45,16 @@ func (s *system) reaper() (kill func()) {
 	return kill
 }
 
-// idleWorkload creates a workload with an idle timeout, overlay dir /data and a pool.
-func (s *system) idleWorkload(name string, timeoutSeconds, pool int32) {
+// idleWorkload creates a workload with an idle timeout, overlay dir /data, the given
+// idle.watchDirs and a pool.
+func (s *system) idleWorkload(name string, timeoutSeconds, pool int32, watchDirs ...string) {
 	s.t.Helper()
 	w := &v1alpha1.BoilerhouseWorkload{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: v1alpha1.WorkloadSpec{Version: "1", Image: v1alpha1.ImageSpec{Ref: "demo:1"},
 			Resources:  v1alpha1.ResourcesSpec{VCPUs: 1, MemoryMb: 64},
 			Network:    &v1alpha1.NetworkSpec{Expose: []v1alpha1.ExposeSpec{{Guest: 8080}}},
 			Filesystem: &v1alpha1.FilesystemSpec{OverlayDirs: []string{"/data"}},
-			Idle:       &v1alpha1.IdleSpec{TimeoutSeconds: timeoutSeconds, Action: v1alpha1.IdleActionHibernate},
+			Idle:       &v1alpha1.IdleSpec{TimeoutSeconds: timeoutSeconds, Action: v1alpha1.IdleActionHibernate, WatchDirs: watchDirs},
 			Health: &v1alpha1.HealthSpec{IntervalSeconds: 1, UnhealthyThreshold: 3,
 				HTTPGet: &v1alpha1.HTTPGetHealth{Path: "/health", Port: 8080}}}}
 	if err := s.client.Create(s.ctx, w); err != nil {
@@ -275,5 +277,58 @@ func TestIdleReapersRestartAndReplicas(t *testing.T) {
 		if _, ok := rw.releasing[key]; !ok {
 			t.Errorf("%s: never Releasing with reason idle", tenant)
 		}
+	}
+}
+
+// TestIdleWatchDirsKeepClaimActive: a claim with a 3 s idle timeout and idle.watchDirs
+// ["/data"] stays Active while a file under /data is rewritten every second for 6 s (through
+// the instance's own endpoint, so no other activity is reported), and is released with
+// reason idle a few seconds after the writes stop.
+func TestIdleWatchDirsKeepClaimActive(t *testing.T) {
+	s := startSystem(t)
+	s.router(claimrouter.Config{})
+	s.store(t.TempDir())
+	s.reaper()
+	rw := s.watchReleases()
+	s.idleWorkload("watched", 3, 1, "/data")
+
+	code, v := s.restClaim("org.acme", "watched")
+	if code != 201 {
+		t.Fatalf("claim %d %+v", code, v)
+	}
+	key := messages.ClaimKey("org.acme", "watched")
+	if rec := s.record("org.acme", "watched"); rec.IdleTimeoutSeconds != 3 || len(rec.WatchDirs) != 1 || rec.WatchDirs[0] != "/data" {
+		t.Fatalf("claim record idle timeout %d watchDirs %q, want 3 and [/data]", rec.IdleTimeoutSeconds, rec.WatchDirs)
+	}
+	start := time.Now()
+	var last time.Time
+	for i := range 6 {
+		putFile(t, endpointURL(v, "/files/data/pulse.txt"), []byte(fmt.Sprintf("write %d", i)))
+		last = time.Now()
+		time.Sleep(time.Second)
+		if at, ok := rw.at(key); ok {
+			t.Fatalf("released %s after the claim while files under /data were being written (write %d)", at.Sub(start), i)
+		}
+		if p := s.record("org.acme", "watched").Phase; p != messages.PhaseActive {
+			t.Fatalf("claim %s while files under /data were being written (write %d)", p, i)
+		}
+	}
+
+	var at time.Time
+	eventually(t, "idle release after the writes stop", 10*time.Second, func() bool {
+		var ok bool
+		at, ok = rw.at(key)
+		return ok
+	})
+	// The last write is seen by a probe at most timeout/4 later; the deadline is
+	// 3 s after that probe.
+	if d := at.Sub(last); d < 2500*time.Millisecond || d > 5500*time.Millisecond {
+		t.Errorf("released %s after the last write, want about 3-4s", d)
+	}
+	eventually(t, "claim Released", 30*time.Second, func() bool {
+		return s.record("org.acme", "watched").Phase == messages.PhaseReleased
+	})
+	if rec := s.record("org.acme", "watched"); rec.ReleaseReason != messages.ReasonIdle {
+		t.Errorf("release reason %q, want idle", rec.ReleaseReason)
 	}
 }

@@ -70,7 +70,7 @@ func newServices(_ context.Context, cfg Config, rc *rest.Config, kc client.Clien
 	if nc, err = conn("idle-reaper"); err != nil {
 		return nil, err
 	}
-	reaper, err := idlereaper.New(idlereaper.Config{Conn: nc, Logger: log})
+	reaper, err := idlereaper.New(idlereaper.Config{Conn: nc, Logger: log, RestConfig: rc, Namespace: cfg.Namespace})
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,8 @@
 //	-fired-ttl       retry interval of an unanswered release [IDLE_REAPER_FIRED_TTL, default 30s]
 //	-provision       create/update buckets and streams  [IDLE_REAPER_PROVISION, default true]
 //	-stream-replicas replicas of what -provision makes  [NATS_STREAM_REPLICAS, default 1; 3 in a cluster]
+//	-kubeconfig      kubeconfig for probing idle.watchDirs [KUBECONFIG; empty: in-cluster, else watchDirs ignored]
+//	-namespace       namespace of instance Pods         [K8S_NAMESPACE or BOILERHOUSE_NAMESPACE, default boilerhouse]
 //	-log-level       debug, info, warn or error         [LOG_LEVEL, default info]
 package main
 
@@ -30,6 +32,7 @@ import (
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/pkg/svcmain"
 	"boilerhouse.dev/services/idlereaper"
+	"boilerhouse.dev/services/overlaystore"
 )
 
 func main() {
@@ -45,6 +48,8 @@ func mainErr(args []string) error {
 	firedTTL := fs.Duration("fired-ttl", svcmain.EnvDuration("IDLE_REAPER_FIRED_TTL", idlereaper.DefaultFiredTTL), "how long before an idle release that left the claim Active is asked again")
 	provision := fs.Bool("provision", svcmain.EnvBool("IDLE_REAPER_PROVISION", true), "create or update the KV buckets and streams at start")
 	replicas := fs.Int("stream-replicas", svcmain.EnvInt("NATS_STREAM_REPLICAS", natsx.DefaultReplicas), "replicas of the buckets and streams created by -provision (3 in a cluster)")
+	kubeconfig := fs.String("kubeconfig", svcmain.Env("KUBECONFIG", ""), "kubeconfig file for probing idle.watchDirs (default: in-cluster configuration; outside a cluster watchDirs are ignored)")
+	namespace := fs.String("namespace", svcmain.Env("K8S_NAMESPACE", svcmain.Env("BOILERHOUSE_NAMESPACE", overlaystore.DefaultNamespace)), "namespace of instance Pods")
 	level := fs.String("log-level", svcmain.Env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -73,7 +78,16 @@ func mainErr(args []string) error {
 			return err
 		}
 	}
-	reaper, err := idlereaper.New(idlereaper.Config{Conn: nc, JetStream: js, Logger: logger, FiredTTL: *firedTTL})
+	restConfig, err := svcmain.KubeConfig(*kubeconfig)
+	if err != nil {
+		if *kubeconfig != "" {
+			return err
+		}
+		logger.Warn("no Kubernetes configuration; idle.watchDirs will not be probed", "err", err)
+		restConfig = nil
+	}
+	reaper, err := idlereaper.New(idlereaper.Config{Conn: nc, JetStream: js, Logger: logger, FiredTTL: *firedTTL,
+		RestConfig: restConfig, Namespace: *namespace})
 	if err != nil {
 		return err
 	}
