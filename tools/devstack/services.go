@@ -13,6 +13,7 @@ import (
 
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/services/claimrouter"
+	"boilerhouse.dev/services/crsync"
 	"boilerhouse.dev/services/edge"
 	"boilerhouse.dev/services/idlereaper"
 	"boilerhouse.dev/services/overlaystore"
@@ -85,6 +86,16 @@ func newServices(_ context.Context, cfg Config, rc *rest.Config, kc client.Clien
 		return nil, err
 	}
 	s.actors = append(s.actors, ed.Run)
+
+	// cr-sync: one BoilerhouseClaim per claim, kept in step with the claims bucket.
+	if nc, err = conn("cr-sync"); err != nil {
+		return nil, err
+	}
+	sync, err := crsync.New(crsync.Config{RestConfig: rc, NATS: nc, Namespace: cfg.Namespace, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	s.actors = append(s.actors, sync.Run)
 	return s, nil
 }
 
