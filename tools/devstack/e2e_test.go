@@ -186,9 +186,11 @@ func TestMakeRunEndToEnd(t *testing.T) {
 	for _, want := range []string{
 		`"tenantId":"alice"`, `"phase":"Active"`, `"source":"pool"`, // the claim
 		`"tenant":"alice"`, `"workload":"demo"`, // the endpoint's demo server
-		`"phase":"Released"`,                   // the release
-		`"tenantId":"org.acme"`,                // the NATS claim
-		"boilerhousepool.boilerhouse.dev/demo", // kubectl
+		`"phase":"Released"`,                                       // the release
+		`"tenantId":"org.acme"`,                                    // the NATS claim
+		"boilerhousepool.boilerhouse.dev/demo",                     // kubectl
+		"boilerhouseclaim.boilerhouse.dev/dave-demo condition met", // kubectl wait
+		`boilerhouseclaim.boilerhouse.dev "dave-demo" deleted`,     // kubectl delete
 	} {
 		if !bytes.Contains(out, []byte(want)) {
 			t.Errorf("README commands' output lacks %s", want)
