@@ -27,8 +27,8 @@ import (
 	"boilerhouse.dev/services/crsync"
 )
 
-// crsync starts a cr-sync on its own connection for the rest of the test.
-func (s *system) crsync() {
+// crsync starts a cr-sync on its own connection; the returned function stops it.
+func (s *system) crsync() (stop func()) {
 	s.t.Helper()
 	nc, err := natsx.Connect(s.nats.url)
 	if err != nil {
@@ -47,11 +47,44 @@ func (s *system) crsync() {
 		}
 	}()
 	var once sync.Once
-	s.t.Cleanup(func() { once.Do(func() { cancel(); <-done; nc.Close() }) })
+	stop = func() { once.Do(func() { cancel(); <-done; nc.Close() }) }
+	s.t.Cleanup(stop)
 	select {
 	case <-cs.Ready():
 	case <-time.After(time.Minute):
 		s.t.Fatal("cr-sync not ready")
+	}
+	return stop
+}
+
+// TestCRSyncConvergesAfterDowntime: claims and releases made over REST while cr-sync is down
+// show up on the objects once it runs again.
+func TestCRSyncConvergesAfterDowntime(t *testing.T) {
+	s := startSystem(t)
+	s.router(claimrouter.Config{})
+	s.workload("down", 3)
+	s.poolReady("down", 3)
+	stop := s.crsync()
+	if code, _ := s.restClaim("uma", "down"); code != 201 {
+		t.Fatalf("claim uma: %d", code)
+	}
+	s.waitPhase(t, naming.ClaimName("uma", "down"), v1alpha1.ClaimActive)
+	stop()
+
+	var rel messages.ClaimView
+	if code := postJSON(t, s.rest+"/api/v1/tenants/uma/release", `{"workload":"down"}`, &rel); code != 200 {
+		t.Fatalf("release uma: %d %+v", code, rel)
+	}
+	if code, _ := s.restClaim("vic", "down"); code != 201 {
+		t.Fatalf("claim vic: %d", code)
+	}
+	if c, ok := s.bhc(naming.ClaimName("uma", "down")); !ok || c.Status.Phase != v1alpha1.ClaimActive {
+		t.Fatalf("uma's object changed while cr-sync was down: %+v", c)
+	}
+	s.crsync()
+	s.waitPhase(t, naming.ClaimName("uma", "down"), v1alpha1.ClaimReleased)
+	if c := s.waitPhase(t, naming.ClaimName("vic", "down"), v1alpha1.ClaimActive); c.Status.Endpoint == nil {
+		t.Fatalf("vic's object without endpoint: %+v", c.Status)
 	}
 }
 
