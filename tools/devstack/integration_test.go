@@ -153,6 +153,12 @@ func (s *system) router(cfg claimrouter.Config) (kill func()) {
 		once.Do(func() { nc.Close(); cancel(); <-done })
 	}
 	s.t.Cleanup(kill)
+	// Serving once it answers: a request sent before its subscriptions exist has no responder.
+	list := bus.Client[messages.TenantListRequest, messages.TenantList](nc, messages.SubjectTenantsList, time.Second)
+	eventually(s.t, "claim-router serving", 30*time.Second, func() bool {
+		_, err := list(s.ctx, messages.TenantListRequest{})
+		return err == nil
+	})
 	return kill
 }
 
