@@ -179,6 +179,11 @@ func (s *system) store(dir string) (kill func()) {
 	var once sync.Once
 	kill = func() { once.Do(func() { nc.Close(); cancel(); <-done }) }
 	s.t.Cleanup(kill)
+	select {
+	case <-st.Ready():
+	case <-time.After(30 * time.Second):
+		s.t.Fatal("overlay-store not ready")
+	}
 	return kill
 }
 
