@@ -12,9 +12,11 @@ import (
 	"github.com/nats-io/nats.go"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/api/v1alpha1"
+	"boilerhouse.dev/pkg/bus"
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/services/claimrouter"
 	"boilerhouse.dev/services/idlereaper"
@@ -330,5 +332,54 @@ func TestIdleWatchDirsKeepClaimActive(t *testing.T) {
 	})
 	if rec := s.record("org.acme", "watched"); rec.ReleaseReason != messages.ReasonIdle {
 		t.Errorf("release reason %q, want idle", rec.ReleaseReason)
+	}
+}
+
+// TestIdleDestroy: an idle release of a destroy workload deletes the instance and the stored
+// overlay, so the next claim starts without data.
+func TestIdleDestroy(t *testing.T) {
+	s := startSystem(t)
+	s.router(claimrouter.Config{})
+	s.store(t.TempDir())
+	s.reaper()
+	s.idleWorkload("burner", 2, 2)
+	var w v1alpha1.BoilerhouseWorkload
+	if err := s.client.Get(s.ctx, client.ObjectKey{Namespace: ns, Name: "burner"}, &w); err != nil {
+		t.Fatal(err)
+	}
+	w.Spec.Idle.Action = v1alpha1.IdleActionDestroy
+	if err := s.client.Update(s.ctx, &w); err != nil {
+		t.Fatal(err)
+	}
+	s.poolReady("burner", 2)
+
+	code, v := s.restClaim("zed", "burner")
+	if code != 201 {
+		t.Fatalf("claim %d %+v", code, v)
+	}
+	putFile(t, endpointURL(v, "/files/data/tmp.txt"), []byte("scratch"))
+	eventually(t, "idle destroy release", 20*time.Second, func() bool {
+		rec := s.record("zed", "burner")
+		return rec.Phase == messages.PhaseReleased
+	})
+	rec := s.record("zed", "burner")
+	if rec.ReleaseReason != messages.ReasonIdle || !strings.Contains(rec.Detail, "destroy") {
+		t.Fatalf("released %q with detail %q, want idle and destroy", rec.ReleaseReason, rec.Detail)
+	}
+	nc, err := natsx.Connect(s.nats.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	list := bus.Client[messages.OverlayListRequest, messages.SnapshotList](nc, messages.SubjectOverlaysList, 5*time.Second)
+	if l, err := list(s.ctx, messages.OverlayListRequest{TenantID: "zed", Workload: "burner"}); err != nil || len(l.Snapshots) != 0 {
+		t.Fatalf("destroy left snapshots: %+v %v", l, err)
+	}
+	code, next := s.restClaim("zed", "burner")
+	if code != 201 || next.Source != messages.SourcePool {
+		t.Fatalf("claim after idle destroy: %d %+v, want pool", code, next)
+	}
+	if status, _ := getFile(t, endpointURL(next, "/files/data/tmp.txt")); status != 404 {
+		t.Fatalf("data survived an idle destroy: %d", status)
 	}
 }
