@@ -467,6 +467,11 @@ func (r *Reaper) put(ctx context.Context, key string, v messages.IdleValue, rev 
 	}
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	if rev == 0 {
+		// No known revision: KV Create is the atomic "only if absent (or deleted)", which an
+		// expected last sequence of 0 is not once the key has had messages (e.g. a TTL marker).
+		return r.idleKV.Create(wctx, key, b, jetstream.KeyTTL(ttl))
+	}
 	ack, err := r.js.PublishMsg(wctx, &nats.Msg{Subject: "$KV." + messages.BucketIdle + "." + key, Data: b},
 		jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(ttl))
 	if err != nil {
