@@ -3,10 +3,16 @@
 package svcmain
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
+	"syscall"
 	"time"
+
+	"github.com/oklog/run"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -67,4 +73,30 @@ func KubeConfig(path string) (*rest.Config, error) {
 		return nil, fmt.Errorf("no -kubeconfig given and not running in a cluster: %w", err)
 	}
 	return c, nil
+}
+
+// Logger is the JSON logger at level ("debug", "info", "warn", "error"), also made the default.
+func Logger(level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: %w", level, err)
+	}
+	l := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	slog.SetDefault(l)
+	return l, nil
+}
+
+// RunUntilSignal runs service until it fails or SIGINT/SIGTERM asks it to stop; a stop by
+// signal is a clean exit.
+func RunUntilSignal(logger *slog.Logger, name string, service func(context.Context) error) error {
+	var g run.Group
+	ctx, cancel := context.WithCancel(context.Background())
+	g.Add(func() error { return service(ctx) }, func(error) { cancel() })
+	g.Add(run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM))
+	err := g.Run()
+	if errors.Is(err, run.ErrSignal) {
+		logger.Info(name+" stopped", "reason", err.Error())
+		return nil
+	}
+	return err
 }

@@ -19,18 +19,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/oklog/run"
 
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/pkg/svcmain"
@@ -66,12 +62,10 @@ func mainErr(args []string) error {
 	if err != nil {
 		return fmt.Errorf("extract backoff %q: %w", *extractBackoff, err)
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		return fmt.Errorf("log level %q: %w", *level, err)
+	logger, err := svcmain.Logger(*level)
+	if err != nil {
+		return err
 	}
-	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-	slog.SetDefault(logger)
 
 	nc, err := natsx.Connect(*natsURL, nats.Name("claim-router"))
 	if err != nil {
@@ -106,18 +100,7 @@ func mainErr(args []string) error {
 		return err
 	}
 
-	var g run.Group
-	{
-		ctx, cancel := context.WithCancel(context.Background())
-		g.Add(func() error { return router.Run(ctx) }, func(error) { cancel() })
-	}
-	g.Add(run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM))
-	err = g.Run()
-	if errors.Is(err, run.ErrSignal) {
-		logger.Info("claim-router stopped", "reason", err.Error())
-		return nil
-	}
-	return err
+	return svcmain.RunUntilSignal(logger, "claim-router", router.Run)
 }
 
 // parseDurations reads a comma-separated list of durations; "none" (or

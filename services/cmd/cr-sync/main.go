@@ -14,16 +14,11 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
-	"syscall"
 
 	"github.com/nats-io/nats.go"
-	"github.com/oklog/run"
 
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/pkg/svcmain"
@@ -50,12 +45,10 @@ func mainErr(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		return fmt.Errorf("log level %q: %w", *level, err)
+	logger, err := svcmain.Logger(*level)
+	if err != nil {
+		return err
 	}
-	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-	slog.SetDefault(logger)
 
 	restConfig, err := svcmain.KubeConfig(*kubeconfig)
 	if err != nil {
@@ -79,16 +72,5 @@ func mainErr(args []string) error {
 	if err != nil {
 		return err
 	}
-	var g run.Group
-	{
-		ctx, cancel := context.WithCancel(context.Background())
-		g.Add(func() error { return s.Run(ctx) }, func(error) { cancel() })
-	}
-	g.Add(run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM))
-	err = g.Run()
-	if errors.Is(err, run.ErrSignal) {
-		logger.Info("cr-sync stopped", "reason", err.Error())
-		return nil
-	}
-	return err
+	return svcmain.RunUntilSignal(logger, "cr-sync", s.Run)
 }

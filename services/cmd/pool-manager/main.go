@@ -21,17 +21,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/oklog/run"
 
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/pkg/overlay"
@@ -65,12 +61,10 @@ func mainErr(args []string) error {
 		return err
 	}
 
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		return fmt.Errorf("log level %q: %w", *level, err)
+	logger, err := svcmain.Logger(*level)
+	if err != nil {
+		return err
 	}
-	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-	slog.SetDefault(logger)
 
 	restConfig, err := svcmain.KubeConfig(*kubeconfig)
 	if err != nil {
@@ -110,16 +104,5 @@ func mainErr(args []string) error {
 		return err
 	}
 
-	var g run.Group
-	{
-		ctx, cancel := context.WithCancel(context.Background())
-		g.Add(func() error { return m.Run(ctx) }, func(error) { cancel() })
-	}
-	g.Add(run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM))
-	err = g.Run()
-	if errors.Is(err, run.ErrSignal) {
-		logger.Info("pool-manager stopped", "reason", err.Error())
-		return nil
-	}
-	return err
+	return svcmain.RunUntilSignal(logger, "pool-manager", m.Run)
 }
