@@ -228,46 +228,17 @@ func (r *Reaper) Run(ctx context.Context) error {
 	defer func() { _ = sub.Unsubscribe() }()
 	_ = sub.SetPendingLimits(-1, -1)
 
-	cw, err := claimsKV.WatchAll(ctx)
+	// Registered before the first watch, so that no reconnect goes unseen.
+	reconnected := r.cfg.Conn.StatusChanged(nats.CONNECTED)
+	defer r.cfg.Conn.RemoveStatusListener(reconnected)
+	w, err := r.watch(ctx, claimsKV)
 	if err != nil {
-		return fmt.Errorf("idlereaper: watch claims: %w", err)
-	}
-	defer func() { _ = cw.Stop() }()
-	iw, err := r.idleKV.WatchAll(ctx)
-	if err != nil {
-		return fmt.Errorf("idlereaper: watch idle: %w", err)
-	}
-	defer func() { _ = iw.Stop() }()
-
-	// Initial state of both buckets first, then reconcile.
-	claimsSynced, idleSynced := false, false
-	for !claimsSynced || !idleSynced {
-		select {
-		case <-ctx.Done():
+		if ctx.Err() != nil {
 			return nil
-		case e, ok := <-cw.Updates():
-			if !ok {
-				return errors.New("idlereaper: claims watch closed")
-			}
-			if e == nil {
-				claimsSynced = true
-				continue
-			}
-			r.applyClaim(e)
-		case e, ok := <-iw.Updates():
-			if !ok {
-				return errors.New("idlereaper: idle watch closed")
-			}
-			if e == nil {
-				idleSynced = true
-				continue
-			}
-			r.applyIdle(e)
 		}
+		return err
 	}
-	for key := range r.claims {
-		r.ensure(ctx, key, false)
-	}
+	defer func() { w.stop() }()
 	close(r.ready)
 	r.log.Info("idle-reaper ready", "claims", len(r.claims))
 
@@ -277,7 +248,28 @@ func (r *Reaper) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case e, ok := <-cw.Updates():
+		case <-reconnected:
+			// The watches' ordered consumers may not have survived (a restarted server forgets
+			// them); nats.go would recreate them only after 10-20 s without heartbeats, and a
+			// claim activated meanwhile would go untracked: its activity dropped, its release
+			// late. Watch both buckets again from their current state.
+			w.stop()
+			for {
+				if w, err = r.watch(ctx, claimsKV); err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					return nil
+				}
+				r.log.Warn("watching the buckets again after a reconnect failed; retrying", "err", err)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(time.Second):
+				}
+			}
+			r.log.Info("watching the buckets again after a reconnect", "claims", len(r.claims))
+		case e, ok := <-w.claims.Updates():
 			if !ok {
 				return errors.New("idlereaper: claims watch closed")
 			}
@@ -287,7 +279,7 @@ func (r *Reaper) Run(ctx context.Context) error {
 			if key := r.applyClaim(e); key != "" {
 				r.ensure(ctx, key, false)
 			}
-		case e, ok := <-iw.Updates():
+		case e, ok := <-w.idle.Updates():
 			if !ok {
 				return errors.New("idlereaper: idle watch closed")
 			}
@@ -308,6 +300,69 @@ func (r *Reaper) Run(ctx context.Context) error {
 			r.scan(ctx)
 		}
 	}
+}
+
+// watchers are the reaper's watches of the claims and idle buckets.
+type watchers struct{ claims, idle jetstream.KeyWatcher }
+
+// stop stops both; a no-op on the zero value (left by a failed watch).
+func (w watchers) stop() {
+	if w.claims != nil {
+		_ = w.claims.Stop()
+		_ = w.idle.Stop()
+	}
+}
+
+// watch watches both buckets, reads their current state (the claims tracked are rebuilt from
+// it, so claims that ended while unwatched are dropped) and reconciles every claim.
+func (r *Reaper) watch(ctx context.Context, claimsKV jetstream.KeyValue) (watchers, error) {
+	cw, err := claimsKV.WatchAll(ctx)
+	if err != nil {
+		return watchers{}, fmt.Errorf("idlereaper: watch claims: %w", err)
+	}
+	iw, err := r.idleKV.WatchAll(ctx)
+	if err != nil {
+		_ = cw.Stop()
+		return watchers{}, fmt.Errorf("idlereaper: watch idle: %w", err)
+	}
+	w := watchers{claims: cw, idle: iw}
+	claims := r.claims
+	r.claims = map[string]messages.ClaimRecord{}
+	claimsSynced, idleSynced := false, false
+	for !claimsSynced || !idleSynced {
+		var err error
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case e, ok := <-cw.Updates():
+			switch {
+			case !ok:
+				err = errors.New("idlereaper: claims watch closed")
+			case e == nil:
+				claimsSynced = true
+			default:
+				r.applyClaim(e)
+			}
+		case e, ok := <-iw.Updates():
+			switch {
+			case !ok:
+				err = errors.New("idlereaper: idle watch closed")
+			case e == nil:
+				idleSynced = true
+			default:
+				r.applyIdle(e)
+			}
+		}
+		if err != nil {
+			w.stop()
+			r.claims = claims // keep tracking what was known until a watch succeeds
+			return watchers{}, err
+		}
+	}
+	for key := range r.claims {
+		r.ensure(ctx, key, false)
+	}
+	return w, nil
 }
 
 // applyClaim records a claims-bucket entry; it returns the key when the claim
