@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
@@ -61,10 +63,65 @@ type system struct {
 	kv     jetstream.KeyValue
 }
 
-type natsServer struct{ url string }
+// natsServer is a test system's embedded NATS server. Every connection reaches it over TCP
+// (not in-process), so that stop and start can replace the server on the same port and store
+// dir while the clients reconnect by themselves, as they would to a real server.
+type natsServer struct {
+	t    *testing.T
+	opts natsx.EmbeddedOptions
+	url  string
 
-// startSystem runs NATS, the dev node, pool-manager and edge for the whole test, and a
-// claim-router that the returned stop function kills.
+	mu  sync.Mutex
+	srv *server.Server // nil while stopped
+}
+
+// startNATS starts the server on a free port below Linux's ephemeral range (32768-60999): while
+// the server is down, no outgoing connection can be given that port as its source port, and a
+// client retrying it cannot connect to itself (TCP simultaneous open), so start can bind it again.
+func startNATS(t *testing.T) *natsServer {
+	t.Helper()
+	n := &natsServer{t: t, opts: natsx.EmbeddedOptions{StoreDir: t.TempDir()}}
+	var err error
+	for range 20 { // a port in use fails at once; try another
+		n.opts.Port = 20000 + rand.IntN(12000)
+		if n.srv, err = natsx.StartEmbedded(n.opts); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.url = n.srv.ClientURL()
+	t.Cleanup(n.stop)
+	return n
+}
+
+// stop shuts the server down; every client starts reconnecting.
+func (n *natsServer) stop() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	natsx.Shutdown(n.srv)
+	n.srv = nil
+}
+
+// start starts a new server on the same port and store dir; JetStream recovers every bucket
+// and stream (with their per-message TTLs) from the store.
+func (n *natsServer) start() {
+	n.t.Helper()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.srv != nil {
+		n.t.Fatal("NATS server already running")
+	}
+	s, err := natsx.StartEmbedded(n.opts)
+	if err != nil {
+		n.t.Fatalf("NATS server start again: %v", err)
+	}
+	n.srv = s
+}
+
+// startSystem runs NATS (see natsServer), the dev node, pool-manager and edge for the whole
+// test, and a claim-router that the returned stop function kills.
 func startSystem(t *testing.T) *system {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -78,13 +135,9 @@ func startSystem(t *testing.T) *system {
 			}
 		}()
 	}
-	s, err := natsx.StartEmbedded(natsx.EmbeddedOptions{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { natsx.Shutdown(s) })
+	natsSrv := startNATS(t)
 	conn := func() *nats.Conn {
-		nc, err := natsx.ConnectInProcess(s)
+		nc, err := natsx.Connect(natsSrv.url)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,7 +180,7 @@ func startSystem(t *testing.T) *system {
 	case <-time.After(time.Minute):
 		t.Fatal("pool-manager not ready")
 	}
-	return &system{t: t, ctx: ctx, nats: &natsServer{url: s.ClientURL()}, rest: "http://" + ln.Addr().String(),
+	return &system{t: t, ctx: ctx, nats: natsSrv, rest: "http://" + ln.Addr().String(),
 		client: plane.Client, kv: kv,
 		claim: bus.Client[messages.ClaimRequest, messages.ClaimView](nc, messages.SubjectClaimsClaim, time.Minute)}
 }
