@@ -45,7 +45,10 @@
 //
 // Consequence: the only way to make the claims bucket fsync every write is to
 // run the server with SyncAlways, which applies to every file-backed stream on
-// that server (events, instances, leases, idle as well). [EmbeddedOptions]
+// that server (instances, leases, idle as well). The events stream opts out
+// on a single server with AsyncPersistMode: events are notifications that
+// consumers reconcile from the buckets, and an fsync per event would double
+// the flushes on the claim path. [EmbeddedOptions]
 // exposes it as SyncAlways; the dev stack sets it to true. BenchmarkKVUpdate in
 // this package measures what it costs per compare-and-set on the claims bucket.
 //

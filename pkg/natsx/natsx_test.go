@@ -398,3 +398,36 @@ func TestConnect(t *testing.T) {
 		t.Fatal("ConnectInProcess(nil) succeeded")
 	}
 }
+
+// The events stream skips per-write fsync on a single server, and a stream
+// created before that choice is updated in place, not refused.
+func TestEventsStreamPersistMode(t *testing.T) {
+	ctx := testContext(t)
+	js := provisioned(t, true)
+	st, err := js.Stream(ctx, messages.StreamEvents)
+	if err != nil {
+		t.Fatalf("events stream: %v", err)
+	}
+	if pm := st.CachedInfo().Config.PersistMode; pm != jetstream.AsyncPersistMode {
+		t.Fatalf("events stream persist mode = %s, want async", pm)
+	}
+	if err := natsx.Provision(ctx, js, natsx.ProvisionConfig{}); err != nil {
+		t.Fatalf("second Provision: %v", err)
+	}
+
+	s := startServer(t, t.TempDir(), true)
+	_, js2 := connectJS(t, s)
+	if _, err := js2.CreateStream(ctx, jetstream.StreamConfig{Name: messages.StreamEvents, Subjects: []string{messages.EventsWildcard}, Storage: jetstream.FileStorage}); err != nil {
+		t.Fatalf("create old-style stream: %v", err)
+	}
+	if err := natsx.Provision(ctx, js2, natsx.ProvisionConfig{EventsMaxAge: time.Hour}); err != nil {
+		t.Fatalf("Provision over an existing default-mode stream: %v", err)
+	}
+	old, err := js2.Stream(ctx, messages.StreamEvents)
+	if err != nil {
+		t.Fatalf("events stream: %v", err)
+	}
+	if cfg := old.CachedInfo().Config; cfg.PersistMode != jetstream.DefaultPersistMode || cfg.MaxAge != time.Hour {
+		t.Fatalf("existing stream after Provision: persist %s, max age %s; want default, 1h", cfg.PersistMode, cfg.MaxAge)
+	}
+}

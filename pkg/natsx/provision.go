@@ -113,8 +113,19 @@ func bucketConfigs(c ProvisionConfig) []jetstream.KeyValueConfig {
 	}
 }
 
+// eventsStreamConfig describes BH_EVENTS. Events are notifications; the KV
+// buckets are the truth and every consumer reconciles from them, so a
+// single-replica events stream persists asynchronously: under SyncAlways
+// each event would otherwise cost an fsync that competes with the claim
+// path's own (two events per claim). Replicated streams cannot use the
+// async mode, and are flushed by their Raft log anyway.
 func eventsStreamConfig(c ProvisionConfig) jetstream.StreamConfig {
+	persist := jetstream.DefaultPersistMode
+	if c.Replicas == 1 {
+		persist = jetstream.AsyncPersistMode
+	}
 	return jetstream.StreamConfig{
+		PersistMode: persist,
 		Name:        messages.StreamEvents,
 		Description: "Boilerhouse claim, pool and instance transitions",
 		Subjects:    []string{messages.EventsWildcard},
@@ -140,7 +151,8 @@ func eventsStreamConfig(c ProvisionConfig) jetstream.StreamConfig {
 //     Create(ctx, key, val, jetstream.KeyTTL(d)) works and watchers receive
 //     a purge entry when the key expires.
 //   - stream BH_EVENTS on bh.v1.events.>: file, limits retention, MaxAge
-//     cfg.EventsMaxAge.
+//     cfg.EventsMaxAge; asynchronous persistence with one replica (see
+//     [eventsStreamConfig]), kept as created on later runs.
 func Provision(ctx context.Context, js jetstream.JetStream, cfg ProvisionConfig) error {
 	if js == nil {
 		return errors.New("natsx: provision: nil JetStream")
@@ -161,6 +173,13 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg ProvisionConfig)
 		}
 	}
 	scfg := eventsStreamConfig(cfg)
+	// The persist mode is fixed when a stream is created: keep what an
+	// existing stream has so that updating it does not fail.
+	if s, err := js.Stream(ctx, scfg.Name); err == nil {
+		scfg.PersistMode = s.CachedInfo().Config.PersistMode
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("natsx: provision stream %q: %w", scfg.Name, err)
+	}
 	if _, err := js.CreateOrUpdateStream(ctx, scfg); err != nil {
 		return fmt.Errorf("natsx: provision stream %q: %w", scfg.Name, err)
 	}
