@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -79,12 +79,18 @@ func (m *Manager) setupControllers() error {
 		return fmt.Errorf("poolmanager: workload controller: %w", err)
 	}
 
-	toPool := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
-		if p := o.GetLabels()[v1alpha1.LabelPool]; p != "" {
-			return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: p}}}
-		}
-		return nil
-	})
+	// Pod events arrive at the claim rate (tenant labels, readiness); they wait poolBatch like
+	// acquisitions so that one reconcile sees a burst of them.
+	type podQueue = workqueue.TypedRateLimitingInterface[reconcile.Request]
+	toPool := handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q podQueue) { batchPool(q, e.Object) },
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q podQueue) {
+			batchPool(q, e.ObjectOld)
+			batchPool(q, e.ObjectNew)
+		},
+		DeleteFunc:  func(_ context.Context, e event.DeleteEvent, q podQueue) { batchPool(q, e.Object) },
+		GenericFunc: func(_ context.Context, e event.GenericEvent, q podQueue) { batchPool(q, e.Object) },
+	}
 	workloadToPools := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 		var pools v1alpha1.BoilerhousePoolList
 		if err := m.client.List(ctx, &pools, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexPoolWorkload: o.GetName()}); err != nil {
@@ -142,6 +148,14 @@ const poolBatch = 100 * time.Millisecond
 func (m *Manager) triggerPool(pool string) {
 	if q := m.poolQueue.Load(); q != nil && pool != "" {
 		(*q).AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: m.cfg.Namespace, Name: pool}}, poolBatch)
+	}
+}
+
+// batchPool enqueues the pool of a Pod, if it has one, after poolBatch (the queue keeps one
+// entry per pool, so a burst of events costs one reconcile).
+func batchPool(q workqueue.TypedRateLimitingInterface[reconcile.Request], o client.Object) {
+	if p := o.GetLabels()[v1alpha1.LabelPool]; p != "" {
+		q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: p}}, poolBatch)
 	}
 }
 
@@ -347,7 +361,7 @@ func (f *failureTracker) record(pool string, failed, healthy bool) time.Duration
 	return time.Until(pf.until)
 }
 
-// poolPods lists the cached Pods labelled with the pool, oldest first.
+// poolPods lists the cached Pods labelled with the pool (in no particular order).
 func (m *Manager) poolPods(ctx context.Context, pool string) ([]*corev1.Pod, error) {
 	var list corev1.PodList
 	if err := m.client.List(ctx, &list, client.InNamespace(m.cfg.Namespace), client.MatchingFields{indexPodPool: pool},
@@ -358,7 +372,6 @@ func (m *Manager) poolPods(ctx context.Context, pool string) ([]*corev1.Pod, err
 	for i := range list.Items {
 		out = append(out, &list.Items[i])
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].CreationTimestamp.Before(&out[j].CreationTimestamp) })
 	return out, nil
 }
 
