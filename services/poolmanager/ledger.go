@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"boilerhouse.dev/messages"
@@ -37,33 +39,100 @@ func newLedger(kv jetstream.KeyValue, log *slog.Logger) *ledger {
 }
 
 // watch keeps the view current until ctx ends. synced is closed once the initial values are in.
-func (l *ledger) watch(ctx context.Context, synced chan<- struct{}) error {
+// On every reconnect it watches again from the current state: a restarted server forgets the
+// watch's consumer, and nats.go would notice only after 10-20 s without heartbeats, while other
+// replicas take and free Pods.
+func (l *ledger) watch(ctx context.Context, synced chan<- struct{}, reconnected <-chan nats.Status) error {
+	for {
+		again, err := l.follow(ctx, synced, reconnected)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil && synced != nil:
+			return err // never synced: the replica cannot start
+		case err != nil:
+			l.log.Warn("ledger watch failed; watching again", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+		case !again:
+			return nil
+		default:
+			l.log.Info("ledger watched again after a reconnect")
+			synced = nil
+		}
+	}
+}
+
+// follow applies one watch of the bucket until ctx ends (false), a reconnect (true) or an
+// error. Keys of the view that the watch's initial values lack were purged while unwatched
+// and are dropped, unless written after the watch began.
+func (l *ledger) follow(ctx context.Context, synced chan<- struct{}, reconnected <-chan nats.Status) (bool, error) {
+	floor, err := l.lastRevision(ctx)
+	if err != nil {
+		return false, err
+	}
 	w, err := l.kv.WatchAll(ctx)
 	if err != nil {
-		return fmt.Errorf("poolmanager: watch KV %s: %w", messages.BucketInstances, err)
+		return false, fmt.Errorf("poolmanager: watch KV %s: %w", messages.BucketInstances, err)
 	}
 	defer func() { _ = w.Stop() }()
-	initial := true
+	seen := map[string]bool{}
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return false, nil
+		case <-reconnected:
+			return true, nil
 		case e, ok := <-w.Updates():
 			if !ok {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return errors.New("poolmanager: ledger watch closed")
+				return false, errors.New("poolmanager: ledger watch closed")
 			}
 			if e == nil {
-				if initial {
-					initial = false
-					close(synced)
+				if seen != nil {
+					l.dropUnseen(seen, floor)
+					seen = nil
+					if synced != nil {
+						close(synced)
+					}
 				}
 				continue
 			}
+			if seen != nil {
+				seen[e.Key()] = true
+			}
 			l.applyWatched(e)
 		}
+	}
+}
+
+// lastRevision is the bucket's last revision now.
+func (l *ledger) lastRevision(ctx context.Context) (uint64, error) {
+	st, err := l.kv.Status(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("poolmanager: KV %s status: %w", messages.BucketInstances, err)
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return 0, fmt.Errorf("poolmanager: KV %s: unexpected status type %T", messages.BucketInstances, st)
+	}
+	return bs.StreamInfo().State.LastSeq, nil
+}
+
+// dropUnseen removes the keys at or below floor that a fresh watch did not list.
+func (l *ledger) dropUnseen(seen map[string]bool, floor uint64) {
+	l.mu.RLock()
+	var gone []string
+	for key, it := range l.entries {
+		if !seen[key] && it.rev <= floor {
+			gone = append(gone, key)
+		}
+	}
+	l.mu.RUnlock()
+	for _, key := range gone {
+		l.remove(key, floor+1)
 	}
 }
 

@@ -255,8 +255,11 @@ func (m *Manager) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, 4)
 	synced := make(chan struct{})
+	// Registered before the first watch, so that no reconnect goes unseen.
+	reconnected := m.cfg.NATS.StatusChanged(nats.CONNECTED)
+	defer m.cfg.NATS.RemoveStatusListener(reconnected)
 	wg.Go(func() {
-		if err := m.ledger.watch(ctx, synced); err != nil {
+		if err := m.ledger.watch(ctx, synced, reconnected); err != nil {
 			errs <- err
 		}
 	})

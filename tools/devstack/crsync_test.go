@@ -30,7 +30,7 @@ import (
 // crsync starts a cr-sync on its own connection; the returned function stops it.
 func (s *system) crsync() (stop func()) {
 	s.t.Helper()
-	nc, err := natsx.Connect(s.nats.url)
+	nc, err := natsx.Connect(s.nats.URL)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -330,7 +330,7 @@ func TestCRSyncReleaseFailedKeepsObject(t *testing.T) {
 	if c, ok := s.bhc("fay-crf"); !ok || c.Status.Phase != v1alpha1.ClaimReleaseFailed {
 		t.Fatalf("object let go while the release failed: %v %+v", ok, c)
 	}
-	nc, err := natsx.Connect(s.nats.url)
+	nc, err := natsx.Connect(s.nats.URL)
 	if err != nil {
 		t.Fatal(err)
 	}

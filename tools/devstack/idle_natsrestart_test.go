@@ -41,7 +41,7 @@ func TestIdleNATSRestart(t *testing.T) {
 	wl := fmt.Sprintf("doze-%d", natsRestartRuns.Add(1))
 	s.idleWorkload(wl, int32(timeout/time.Second), 5)
 
-	nc, err := natsx.Connect(s.nats.url)
+	nc, err := natsx.Connect(s.nats.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,9 +90,9 @@ func TestIdleNATSRestart(t *testing.T) {
 
 	const down = 1500 * time.Millisecond
 	first := deadlines[tenants[0]]
-	s.nats.stop()
+	s.nats.Stop()
 	time.Sleep(down)
-	s.nats.start()
+	s.nats.Restart()
 	up := time.Now()
 	if !up.Before(first) { // on a very slow machine; the premise of the test would not hold
 		t.Fatalf("NATS back at %s, after the first deadline %s: no deadline was pending across the restart",

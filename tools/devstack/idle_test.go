@@ -25,7 +25,7 @@ import (
 // reaper starts an idle-reaper on its own connection; the returned function kills it.
 func (s *system) reaper() (kill func()) {
 	s.t.Helper()
-	nc, err := natsx.Connect(s.nats.url)
+	nc, err := natsx.Connect(s.nats.URL)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -94,7 +94,7 @@ type releaseWatch struct {
 func (s *system) watchReleases() *releaseWatch {
 	s.t.Helper()
 	rw := &releaseWatch{releasing: map[string]time.Time{}, calls: map[string]int{}}
-	nc, err := natsx.Connect(s.nats.url)
+	nc, err := natsx.Connect(s.nats.URL)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestIdleReleaseEndToEnd(t *testing.T) {
 		t.Fatalf("claim record idle timeout %d, want 3", rec.IdleTimeoutSeconds)
 	}
 
-	nc, err := natsx.Connect(s.nats.url)
+	nc, err := natsx.Connect(s.nats.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +366,7 @@ func TestIdleDestroy(t *testing.T) {
 	if rec.ReleaseReason != messages.ReasonIdle || !strings.Contains(rec.Detail, "destroy") {
 		t.Fatalf("released %q with detail %q, want idle and destroy", rec.ReleaseReason, rec.Detail)
 	}
-	nc, err := natsx.Connect(s.nats.url)
+	nc, err := natsx.Connect(s.nats.URL)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -14,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
@@ -27,6 +25,7 @@ import (
 	"boilerhouse.dev/pkg/bus"
 	"boilerhouse.dev/pkg/localkube"
 	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/pkg/natsx/natstest"
 	"boilerhouse.dev/services/claimrouter"
 	"boilerhouse.dev/services/edge"
 	"boilerhouse.dev/services/overlaystore"
@@ -56,71 +55,14 @@ func TestMain(m *testing.M) {
 type system struct {
 	t      *testing.T
 	ctx    context.Context
-	nats   *natsServer
+	nats   *natstest.Server
 	rest   string
 	client client.Client
 	claim  bus.Handler[messages.ClaimRequest, messages.ClaimView]
 	kv     jetstream.KeyValue
 }
 
-// natsServer is a test system's embedded NATS server. Every connection reaches it over TCP
-// (not in-process), so that stop and start can replace the server on the same port and store
-// dir while the clients reconnect by themselves, as they would to a real server.
-type natsServer struct {
-	t    *testing.T
-	opts natsx.EmbeddedOptions
-	url  string
-
-	mu  sync.Mutex
-	srv *server.Server // nil while stopped
-}
-
-// startNATS starts the server on a free port below Linux's ephemeral range (32768-60999): while
-// the server is down, no outgoing connection can be given that port as its source port, and a
-// client retrying it cannot connect to itself (TCP simultaneous open), so start can bind it again.
-func startNATS(t *testing.T) *natsServer {
-	t.Helper()
-	n := &natsServer{t: t, opts: natsx.EmbeddedOptions{StoreDir: t.TempDir()}}
-	var err error
-	for range 20 { // a port in use fails at once; try another
-		n.opts.Port = 20000 + rand.IntN(12000)
-		if n.srv, err = natsx.StartEmbedded(n.opts); err == nil {
-			break
-		}
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.url = n.srv.ClientURL()
-	t.Cleanup(n.stop)
-	return n
-}
-
-// stop shuts the server down; every client starts reconnecting.
-func (n *natsServer) stop() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	natsx.Shutdown(n.srv)
-	n.srv = nil
-}
-
-// start starts a new server on the same port and store dir; JetStream recovers every bucket
-// and stream (with their per-message TTLs) from the store.
-func (n *natsServer) start() {
-	n.t.Helper()
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.srv != nil {
-		n.t.Fatal("NATS server already running")
-	}
-	s, err := natsx.StartEmbedded(n.opts)
-	if err != nil {
-		n.t.Fatalf("NATS server start again: %v", err)
-	}
-	n.srv = s
-}
-
-// startSystem runs NATS (see natsServer), the dev node, pool-manager and edge for the whole
+// startSystem runs NATS (restartable, see natstest), the dev node, pool-manager and edge for the whole
 // test, and a claim-router that the returned stop function kills.
 func startSystem(t *testing.T) *system {
 	t.Helper()
@@ -135,9 +77,9 @@ func startSystem(t *testing.T) *system {
 			}
 		}()
 	}
-	natsSrv := startNATS(t)
+	natsSrv := natstest.Start(t, false)
 	conn := func() *nats.Conn {
-		nc, err := natsx.Connect(natsSrv.url)
+		nc, err := natsx.Connect(natsSrv.URL)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -189,7 +131,7 @@ func startSystem(t *testing.T) *system {
 // a crash would: its context ends and its NATS connection drops mid-request.
 func (s *system) router(cfg claimrouter.Config) (kill func()) {
 	s.t.Helper()
-	nc, err := natsx.Connect(s.nats.url)
+	nc, err := natsx.Connect(s.nats.URL)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -218,7 +160,7 @@ func (s *system) router(cfg claimrouter.Config) (kill func()) {
 // store starts an overlay-store on dir; the returned function kills it like a crash.
 func (s *system) store(dir string) (kill func()) {
 	s.t.Helper()
-	nc, err := natsx.Connect(s.nats.url)
+	nc, err := natsx.Connect(s.nats.URL)
 	if err != nil {
 		s.t.Fatal(err)
 	}
