@@ -707,8 +707,12 @@ func (r *Router) publish(rec messages.ClaimRecord, reason, msgID string) {
 }
 
 // feedHub wakes waiting requests on every change of the bucket, written by
-// any replica. The watch is re-established if it closes.
+// any replica. The watch is re-established if it closes, and after every
+// reconnect: a restarted server forgets it, and nats.go would notice only
+// after 10-20 s without heartbeats (waiters poll meanwhile, but slowly).
 func (r *Router) feedHub(ctx context.Context) {
+	reconnected := r.nc.StatusChanged(nats.CONNECTED)
+	defer r.nc.RemoveStatusListener(reconnected)
 	for ctx.Err() == nil {
 		w, err := r.store.WatchUpdates(ctx)
 		if err != nil {
@@ -716,11 +720,12 @@ func (r *Router) feedHub(ctx context.Context) {
 			sleep(ctx, time.Second)
 			continue
 		}
-		r.pump(ctx, w)
+		r.pump(ctx, w, reconnected)
+		r.hub.notifyAll() // changes may have gone unseen: every waiter reads again
 	}
 }
 
-func (r *Router) pump(ctx context.Context, w jetstream.KeyWatcher) {
+func (r *Router) pump(ctx context.Context, w jetstream.KeyWatcher, reconnected <-chan nats.Status) {
 	updates := w.Updates()
 	for {
 		select {
@@ -731,17 +736,24 @@ func (r *Router) pump(ctx context.Context, w jetstream.KeyWatcher) {
 			if e != nil {
 				r.hub.notify(e.Key())
 			}
+		case <-reconnected:
+			stopWatch(w, updates)
+			return
 		case <-ctx.Done():
-			_ = w.Stop()
-			// Never leave the watcher's delivery goroutine blocked on a
-			// full channel.
-			go func() {
-				for range updates {
-				}
-			}()
+			stopWatch(w, updates)
 			return
 		}
 	}
+}
+
+// stopWatch stops w, never leaving its delivery goroutine blocked on a
+// full channel.
+func stopWatch(w jetstream.KeyWatcher, updates <-chan jetstream.KeyValueEntry) {
+	_ = w.Stop()
+	go func() {
+		for range updates {
+		}
+	}()
 }
 
 func recordOf(e *Entry) *messages.ClaimRecord {
@@ -816,6 +828,20 @@ func (h *hub) subscribe(key string) (<-chan struct{}, func()) {
 			delete(h.waiters, key)
 		}
 		h.mu.Unlock()
+	}
+}
+
+// notifyAll wakes every waiter.
+func (h *hub) notifyAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, set := range h.waiters {
+		for ch := range set {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
