@@ -203,6 +203,18 @@ func TestCRSync(t *testing.T) {
 		if c.Status.InstanceID != v.InstanceID || c.Labels[v1alpha1.LabelTenant] != "rita" || c.Labels[v1alpha1.LabelWorkload] != "crs" {
 			t.Fatalf("object %s: labels %v status %+v, want instance %s", name, c.Labels, c.Status, v.InstanceID)
 		}
+		eventually(t, "an Event saying the object mirrors an API claim", 10*time.Second, func() bool {
+			var evs eventsv1.EventList
+			if err := s.client.List(s.ctx, &evs, client.InNamespace(ns)); err != nil {
+				return false
+			}
+			for _, e := range evs.Items {
+				if e.Regarding.Name == name && strings.HasPrefix(e.Note, "created for a claim made over the API: ") {
+					return true
+				}
+			}
+			return false
+		})
 		var rel messages.ClaimView
 		if code := postJSON(t, s.rest+"/api/v1/tenants/rita/release", `{"workload":"crs"}`, &rel); code != 200 || rel.Phase != messages.PhaseReleased {
 			t.Fatalf("release: %d %+v", code, rel)
