@@ -251,6 +251,10 @@ func (s *Syncer) request(key string) reconcile.Request {
 	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: s.cfg.Namespace, Name: key}}
 }
 
+// recordBatch delays the reconcile of a changed record a little, so that a claim's Pending and
+// Active, usually milliseconds apart, cost one status write (and Event) between them, not two.
+const recordBatch = 200 * time.Millisecond
+
 // feed enqueues the pair of every change in the claims bucket, and every pair every
 // ResyncInterval. The watch restarts when it ends while ctx lives.
 func (s *Syncer) feed(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
@@ -282,7 +286,7 @@ func (s *Syncer) feed(ctx context.Context, q workqueue.TypedRateLimitingInterfac
 				s.readyOnce.Do(func() { close(s.ready) })
 				continue
 			}
-			q.Add(s.request(e.Key()))
+			q.AddAfter(s.request(e.Key()), recordBatch)
 		}
 		_ = w.Stop()
 	}
