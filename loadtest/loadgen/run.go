@@ -12,6 +12,8 @@ type Scenario struct {
 	Workload string
 	Rate     float64       // claims started per second
 	Duration time.Duration // how long claims are started
+	// Count, when positive, is the number of claims started (Duration is then ignored).
+	Count int
 	// Tenants names the tenant of the i-th claim.
 	Tenants func(i int) string
 	// Release releases each claim once it answered (measured as op "release").
@@ -27,6 +29,9 @@ func Run(ctx context.Context, c Client, sc Scenario, rec *Recorder) time.Duratio
 	}
 	interval := time.Duration(float64(time.Second) / sc.Rate)
 	total := int(sc.Rate * sc.Duration.Seconds())
+	if sc.Count > 0 {
+		total = sc.Count
+	}
 	slots := make(chan struct{}, sc.MaxInFlight)
 	var wg sync.WaitGroup
 	start := time.Now()

@@ -91,10 +91,7 @@ func (r *Recorder) Summarise(elapsed time.Duration) Report {
 
 // WriteMarkdown prints the report as a table.
 func (rep Report) WriteMarkdown(w io.Writer) {
-	fmt.Fprintf(w, "| group | count | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|\n")
-	for _, g := range rep.Groups {
-		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s |\n", g.Group, g.Count, ms(g.P50), ms(g.P90), ms(g.P99), ms(g.Max))
-	}
+	WriteTable(w, rep.Groups)
 	fmt.Fprintf(w, "\nsent %d, ok %d in %s: %.1f ok/s\n", rep.Sent, rep.OK, rep.Elapsed.Round(time.Millisecond), rep.Throughput)
 	if len(rep.Errors) == 0 {
 		fmt.Fprintf(w, "errors: none\n")
@@ -110,6 +107,14 @@ func (rep Report) WriteMarkdown(w io.Writer) {
 		fmt.Fprintf(w, " %s=%d", k, rep.Errors[k])
 	}
 	fmt.Fprintln(w)
+}
+
+// WriteTable prints latency summaries as a markdown table.
+func WriteTable(w io.Writer, groups []Summary) {
+	fmt.Fprintf(w, "| group | count | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|\n")
+	for _, g := range groups {
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s |\n", g.Group, g.Count, ms(g.P50), ms(g.P90), ms(g.P99), ms(g.Max))
+	}
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"boilerhouse.dev/loadtest/loadgen"
 	"boilerhouse.dev/pkg/natsx"
 )
@@ -28,26 +30,48 @@ func main() {
 	out := flag.String("out", "", "append the result as markdown to this file")
 	dataBytes := flag.Int("data-bytes", 0, "overlay scenario (rest only): write this many bytes into each instance, release, claim again, release")
 	dataTenants := flag.Int("data-tenants", 20, "tenants of the overlay scenario")
+	idleClaims := flag.Int("idle-claims", 0, "idle scenario: claim this many new tenants at -rate (the workload needs idle.timeoutSeconds), "+
+		"touch none of them, and measure each release lag from its idle deadline to Releasing (watches the KV buckets over -nats)")
+	idleGrace := flag.Duration("idle-grace", time.Minute, "idle scenario: how long releases are waited for after the last deadline")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
+	// The NATS connection serves -target nats and the idle scenario's bucket watches.
+	var nc *nats.Conn
+	if *target == "nats" || *idleClaims > 0 {
+		var err error
+		if nc, err = natsx.Connect(*natsURL); err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			os.Exit(1)
+		}
+		defer nc.Close()
+	}
 	var client loadgen.Client
 	switch *target {
 	case "rest":
 		client = loadgen.NewREST(strings.TrimRight(*base, "/"))
 	case "nats":
-		nc, err := natsx.Connect(*natsURL)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "loadgen:", err)
-			os.Exit(1)
-		}
-		defer nc.Close()
 		client = loadgen.NewNATS(nc)
 	default:
 		fmt.Fprintln(os.Stderr, "loadgen: -target must be rest or nats")
 		os.Exit(2)
+	}
+	if *idleClaims > 0 {
+		res, err := loadgen.RunIdle(ctx, client, nc, loadgen.IdleScenario{Workload: *workload, Claims: *idleClaims,
+			Rate: *rate, Prefix: *prefix, Grace: *idleGrace, Progress: os.Stderr})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			os.Exit(1)
+		}
+		var b strings.Builder
+		res.WriteMarkdown(&b)
+		emit(b.String(), *out)
+		if res.Failed() {
+			os.Exit(1)
+		}
+		return
 	}
 	names := loadgen.TenantSeq(*prefix)
 	if *tenants > 0 {
@@ -70,21 +94,27 @@ func main() {
 	rep := rec.Summarise(elapsed)
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "`loadgen %s`\n\n", strings.Join(os.Args[1:], " "))
 	rep.WriteMarkdown(&b)
-	fmt.Print(b.String())
-	if *out != "" {
-		f, err := os.OpenFile(*out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-		if err == nil {
-			_, err = fmt.Fprintf(f, "\n%s", b.String())
-			f.Close()
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "loadgen:", err)
-			os.Exit(1)
-		}
-	}
+	emit(b.String(), *out)
 	if rep.OK == 0 {
+		os.Exit(1)
+	}
+}
+
+// emit prints the result under the command line that produced it, and appends both to out.
+func emit(result, out string) {
+	text := fmt.Sprintf("`loadgen %s`\n\n%s", strings.Join(os.Args[1:], " "), result)
+	fmt.Print(text)
+	if out == "" {
+		return
+	}
+	f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err == nil {
+		_, err = fmt.Fprintf(f, "\n%s", text)
+		f.Close()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(1)
 	}
 }

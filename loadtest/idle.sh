@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Idle release lag on the full stack (make bench-idle, issue 5): a fresh dev stack (make run's
+# binary), a workload with idle.timeoutSeconds=$TIMEOUT and action destroy (release is a Pod
+# delete), $N tenants claim it at $RATE/s, each on its own Pod, and nobody touches them; loadgen
+# -idle-claims watches the claims and idle buckets and reports, per claim, the lag from the idle
+# deadline to the stored Releasing write. $RUNS runs, one after the other on the same stack.
+# The result replaces the marked idle section of docs/benchmarks.md (appended when absent);
+# nothing else in the file is touched.
+#
+# Env: N (10000), RATE (claims/s, 60), TIMEOUT (s, 240: longer than the claim phase, so all N
+# are Active before the first deadline), POOL (0: every claim boots its Pod cold; >0: a warm pool
+# of that size filled first), RUNS (2), PPROF (address for the stack's pprof), OUT
+# (docs/benchmarks.md), HTTP_PORT (3100) and NATS_PORT (4322): not make run's ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-10000}
+RATE=${RATE:-60}
+TIMEOUT=${TIMEOUT:-240}
+POOL=${POOL:-0}
+RUNS=${RUNS:-2}
+HTTP_PORT=${HTTP_PORT:-3100}
+NATS_PORT=${NATS_PORT:-4322}
+out=${OUT:-docs/benchmarks.md}
+api=http://localhost:$HTTP_PORT/api/v1
+begin='<!-- begin idle.sh: written by loadtest/idle.sh (make bench-idle); keep these markers -->'
+end='<!-- end idle.sh -->'
+
+# Other dev stacks on this machine share the cores: say so with the figures.
+others=$(pgrep -xc devstack || true)
+# The dev node's Pods hold files in the stack's process, and JetStream's file store is the first
+# thing to fail when none can be opened: raise the open-file limit where allowed; record the peak.
+ulimit -Hn 262144 2>/dev/null || true
+ulimit -Sn "$(ulimit -Hn)"
+work=$(mktemp -d)
+go build -o "$work/devstack" ./tools/cmd/devstack
+go build -o "$work/loadgen" ./loadtest/cmd/loadgen
+"$work/devstack" -state "$work/.devstack" -examples=false -http ":$HTTP_PORT" -nats-port "$NATS_PORT" \
+  ${PPROF:+-pprof $PPROF} >"$work/stdout" 2>"$work/stack.log" &
+pid=$!
+trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+( while kill -0 $pid 2>/dev/null; do ls /proc/$pid/fd | wc -l; sleep 2; done ) >"$work/fds" 2>/dev/null &
+until curl -sf "$api/health" >/dev/null; do
+  kill -0 $pid 2>/dev/null || { tail -50 "$work/stack.log"; exit 1; }
+  sleep 0.5
+done
+# The Pods serve no port: the dev node keeps two open files per Pod with a port (its listener and
+# its container log), and 10,000 such Pods need more than the 20,000 open files this machine
+# allows a process (and root cannot raise). A port plays no part in an idle release.
+curl -sf -X POST "$api/workloads" -H 'Content-Type: application/json' -d "{\"name\":\"idle\",\"spec\":{
+  \"version\":\"1\",\"image\":{\"ref\":\"boilerhouse/demo:1\"},\"resources\":{\"vcpus\":1,\"memoryMb\":64,\"diskGb\":0},
+  \"idle\":{\"timeoutSeconds\":$TIMEOUT,\"action\":\"destroy\"}}}" >/dev/null
+source="every claim boots its own Pod (no pool)"
+if [ "$POOL" -gt 0 ]; then
+  curl -sf -X POST "$api/pools" -H 'Content-Type: application/json' \
+    -d "{\"name\":\"idle\",\"spec\":{\"workloadRef\":\"idle\",\"size\":$POOL,\"maxFillConcurrency\":200}}" >/dev/null
+  start=$(date +%s)
+  until [ "$(curl -sf "$api/pools/idle" | jq .status.ready)" -ge "$POOL" ]; do sleep 2; done
+  source="claims take Pods from a warm pool of $POOL (filled in $(( $(date +%s) - start ))s)"
+fi
+
+res=$work/result.md
+: >"$res"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+status=0
+for run in $(seq 1 "$RUNS"); do
+  echo "idle: run $run of $RUNS: $N claims at $RATE/s, timeout ${TIMEOUT}s" >&2
+  { echo; echo "### Run $run"; } >>"$res"
+  "$work/loadgen" -target rest -url "http://localhost:$HTTP_PORT" -nats "nats://127.0.0.1:$NATS_PORT" -workload idle \
+    -rate "$RATE" -idle-claims "$N" -prefix "idle$run" -out "$res" >/dev/null || status=1
+  rss=$(ps -o rss= -p $pid --ppid $pid | awk '{s+=$1} END{printf "%.1f GB", s/1048576}')
+  fds=$(sort -n "$work/fds" | tail -1)
+  echo "After the run: the stack (with kube-apiserver and etcd) $rss resident; its open files peaked at $fds (limit $(ulimit -n)); load average $(cut -d' ' -f1-3 /proc/loadavg)." >>"$res"
+done
+
+# p99 of every run against the target (the table row is "| deadline to Releasing | n | p50 | p90 | p99 | max |").
+verdict=$(awk -F'|' '/^\| deadline to Releasing /{p=$6; sub(/ ms/,"",p); if (p+0 > 1000) miss=1; v=v (v?", ":"") $6}
+  END{gsub(/ +/," ",v); print (v == "" ? "**not measured**" : miss ? "**missed**" : "met") " (p99 per run:" v ")"}' "$res")
+section=$work/section.md
+{
+  echo "$begin"
+  echo "## Idle release lag, $(printf "%'d" "$N") claims (full stack)"
+  echo
+  echo "\`N=$N RATE=$RATE TIMEOUT=$TIMEOUT POOL=$POOL RUNS=$RUNS loadtest/idle.sh\` (\`make bench-idle\`) on"
+  echo "$(date -u +%Y-%m-%dT%H:%MZ): $(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GB RAM, $(go version | cut -d' ' -f3), load average $load_before"
+  if [ "$others" -gt 0 ]; then
+    echo "before the stack started, with $others other dev stack(s) running on the machine (sharing the cores)."
+  else
+    echo "before the stack started, no other dev stack running."
+  fi
+  echo "One process runs everything (\`make run\`'s binary): embedded NATS with"
+  echo "SyncAlways, a local kube-apiserver and etcd, the dev node (one Pod per claim, $N Pods per run),"
+  echo "all services. Workload \`idle\`: idle.timeoutSeconds $TIMEOUT, action destroy, no overlays, no ports (see idle.sh), so a"
+  echo "release is a Pod delete; $source. Each run claims $N new tenants through REST at $RATE/s, then"
+  echo "sends no activity. Lag = when the claims bucket stored the claim's Releasing record (server"
+  echo "timestamp) minus the idle deadline idle-reaper recorded for it (lastActivity + timeout, full"
+  echo "precision). \"Deadline to Released\" is when the release (the Pod delete) finished."
+  echo
+  echo "Target p99 <= 1 s: $verdict."
+  cat "$res"
+  echo "$end"
+} >"$section"
+# Replace the marked section in place, or append it; the rest of the file is left as it is.
+if grep -qF "$begin" "$out" 2>/dev/null; then
+  awk -v b="$begin" -v e="$end" -v f="$section" '
+    $0 == b { while ((getline l < f) > 0) print l; skip = 1; next }
+    skip && $0 == e { skip = 0; next }
+    !skip' "$out" >"$work/out.md"
+  cat "$work/out.md" >"$out"
+else
+  { echo; cat "$section"; } >>"$out"
+fi
+echo "idle: wrote the idle section of $out (target p99 <= 1 s: $verdict)" >&2
+exit $status
