@@ -59,5 +59,11 @@ run: assets tools
 bench: assets tools
 	loadtest/bench.sh
 
+# bench-idle: idle release lag of 10,000 claims on a fresh dev stack (issue 5); figures go to
+# their own marked section of docs/benchmarks.md. N, RATE, TIMEOUT, POOL, RUNS: see the script.
+.PHONY: bench-idle
+bench-idle: assets
+	loadtest/idle.sh
+
 clean:
 	rm -rf .devstack
