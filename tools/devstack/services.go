@@ -20,7 +20,10 @@ import (
 	"boilerhouse.dev/services/poolmanager"
 )
 
-// services are the Boilerhouse services, each on its own NATS connection as in a cluster.
+// services are the Boilerhouse services, each on its own NATS connection over TCP as in a
+// cluster. Not in-process: an in-process connection is a synchronous net.Pipe, and under load a
+// client blocked writing to it (holding its connection lock) while the server blocked delivering
+// to that same client stalled the claim path for seconds; a socket's buffers decouple the two.
 type services struct {
 	conns  []*nats.Conn
 	actors []func(context.Context) error
@@ -29,7 +32,7 @@ type services struct {
 func newServices(_ context.Context, cfg Config, rc *rest.Config, kc client.Client, ns *server.Server) (*services, error) {
 	s := &services{}
 	conn := func(name string) (*nats.Conn, error) {
-		nc, err := natsx.ConnectInProcess(ns, nats.Name(name))
+		nc, err := natsx.Connect(ns.ClientURL(), nats.Name(name))
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
