@@ -143,6 +143,9 @@ func New(cfg Config) (*Service, error) {
 			rc.QPS, rc.Burst = 100, 200
 		}
 		rc.UserAgent = "boilerhouse-overlay-store"
+		// Pods in protobuf (its Pod watch sees every claim's label patch); see pool-manager.
+		rc.ContentType = "application/vnd.kubernetes.protobuf"
+		rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
 	}
 	s.kube = cfg.Client
 	if s.kube == nil {

@@ -165,6 +165,11 @@ func New(cfg Config) (*Manager, error) {
 		rc.QPS, rc.Burst = 200, 400
 	}
 	rc.UserAgent = "boilerhouse-pool-manager/" + cfg.ReplicaID
+	// Pods in protobuf: the Pod watch and the tenant-label patches come at the claim rate, and
+	// protobuf costs the API server and this cache a fraction of JSON's CPU. controller-runtime
+	// keeps JSON for the custom resources, which have no protobuf form.
+	rc.ContentType = "application/vnd.kubernetes.protobuf"
+	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
 	managed := labels.SelectorFromSet(labels.Set{v1alpha1.LabelManaged: "true"})
 	mgr, err := ctrlmanager.New(rc, ctrlmanager.Options{
 		Scheme:                        scheme,
