@@ -14,11 +14,13 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
@@ -82,14 +84,15 @@ func (m *Manager) setupControllers() error {
 	// Pod events arrive at the claim rate (tenant labels, readiness); they wait poolBatch like
 	// acquisitions so that one reconcile sees a burst of them.
 	type podQueue = workqueue.TypedRateLimitingInterface[reconcile.Request]
+	podPool := func(q podQueue, o client.Object) { m.batchPool(q, o.GetNamespace(), o.GetLabels()[v1alpha1.LabelPool]) }
 	toPool := handler.Funcs{
-		CreateFunc: func(_ context.Context, e event.CreateEvent, q podQueue) { batchPool(q, e.Object) },
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q podQueue) { podPool(q, e.Object) },
 		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q podQueue) {
-			batchPool(q, e.ObjectOld)
-			batchPool(q, e.ObjectNew)
+			podPool(q, e.ObjectOld)
+			podPool(q, e.ObjectNew)
 		},
-		DeleteFunc:  func(_ context.Context, e event.DeleteEvent, q podQueue) { batchPool(q, e.Object) },
-		GenericFunc: func(_ context.Context, e event.GenericEvent, q podQueue) { batchPool(q, e.Object) },
+		DeleteFunc:  func(_ context.Context, e event.DeleteEvent, q podQueue) { podPool(q, e.Object) },
+		GenericFunc: func(_ context.Context, e event.GenericEvent, q podQueue) { podPool(q, e.Object) },
 	}
 	workloadToPools := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 		var pools v1alpha1.BoilerhousePoolList
@@ -104,7 +107,8 @@ func (m *Manager) setupControllers() error {
 		return reqs
 	})
 	if err := ctrl.NewControllerManagedBy(m.mgr).Named("pools").
-		For(&v1alpha1.BoilerhousePool{}).
+		// Spec changes only: the reconciler's own status writes need no reconcile.
+		For(&v1alpha1.BoilerhousePool{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Pod{}, toPool).
 		Watches(&v1alpha1.BoilerhouseWorkload{}, workloadToPools).
 		WatchesRawSource(queueSource(&m.poolQueue)).
@@ -139,23 +143,32 @@ func ctrlControllerOptions(workers int) controller.Options {
 	return controller.Options{MaxConcurrentReconciles: workers}
 }
 
-// triggerPool enqueues a pool reconcile if this replica runs the pool controller.
-// poolBatch coalesces a burst of acquisitions into one pool reconcile: each reconcile walks
-// every Pod of the pool, and at hundreds of claims a second per-claim reconciles would take
-// the CPU the claim path needs.
-const poolBatch = 100 * time.Millisecond
+// A pool reconcile waits to coalesce a burst of acquisitions and Pod events into one: each
+// reconcile walks every Pod of the pool, and at hundreds of claims a second per-event
+// reconciles would take the CPU the claim path needs. The wait is poolBatch, or poolBatchCost
+// times what the last walk took, whichever is longer, so that a pool of thousands of Pods costs
+// a few percent of a core however fast it is claimed from.
+const (
+	poolBatch     = 100 * time.Millisecond
+	poolBatchCost = 20
+)
 
+func (m *Manager) poolDelay() time.Duration {
+	return max(poolBatch, poolBatchCost*time.Duration(m.lastPoolWalk.Load()))
+}
+
+// triggerPool enqueues a pool reconcile if this replica runs the pool controller.
 func (m *Manager) triggerPool(pool string) {
 	if q := m.poolQueue.Load(); q != nil && pool != "" {
-		(*q).AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: m.cfg.Namespace, Name: pool}}, poolBatch)
+		m.batchPool(*q, m.cfg.Namespace, pool)
 	}
 }
 
-// batchPool enqueues the pool of a Pod, if it has one, after poolBatch (the queue keeps one
-// entry per pool, so a burst of events costs one reconcile).
-func batchPool(q workqueue.TypedRateLimitingInterface[reconcile.Request], o client.Object) {
-	if p := o.GetLabels()[v1alpha1.LabelPool]; p != "" {
-		q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: p}}, poolBatch)
+// batchPool enqueues a pool after poolDelay; the queue keeps one entry per pool, so a burst of
+// events costs one reconcile.
+func (m *Manager) batchPool(q workqueue.TypedRateLimitingInterface[reconcile.Request], namespace, pool string) {
+	if pool != "" {
+		q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: namespace, Name: pool}}, m.poolDelay())
 	}
 }
 
@@ -233,6 +246,7 @@ func (m *Manager) reconcilePool(ctx context.Context, req reconcile.Request) (rec
 		problem = fmt.Sprintf("pool name %q is longer than 63 characters and cannot be a label value", pool.Name)
 	}
 
+	walk := time.Now()
 	pods, err := m.poolPods(ctx, pool.Name)
 	if err != nil {
 		return reconcile.Result{}, err
@@ -268,6 +282,7 @@ func (m *Manager) reconcilePool(ctx context.Context, req reconcile.Request) (rec
 	infos = append(infos, m.expect.pending(pool.Name, seen)...)
 
 	plan := PlanPool(pool.Spec, problem == "", infos, held)
+	m.lastPoolWalk.Store(int64(time.Since(walk)))
 	failed := 0
 	for _, info := range infos {
 		if info.Failed && !held[info.Name] && !info.Terminating {

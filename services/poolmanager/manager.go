@@ -114,6 +114,8 @@ type Manager struct {
 
 	ran         atomic.Bool
 	cacheSynced atomic.Bool
+	// lastPoolWalk is how long the last pool reconcile took to walk its Pods (see poolDelay).
+	lastPoolWalk atomic.Int64
 }
 
 // New prepares a Manager; nothing talks to Kubernetes or NATS until Run.
