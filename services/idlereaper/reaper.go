@@ -7,10 +7,10 @@
 //     record has IdleTimeoutSeconds > 0 it keeps one key in the idle bucket
 //     (same key as the claim) holding a [messages.IdleValue] {claimId,
 //     lastActivity, timeoutSeconds}. The key is written with a per-message
-//     TTL that ends at lastActivity + timeout, so the deadline lives in
-//     JetStream: it survives a restart of the reaper and of the NATS server,
-//     and when it passes the server leaves a delete marker that every
-//     watcher sees.
+//     TTL that ends a second after lastActivity + timeout, so the deadline
+//     lives in JetStream: it survives a restart of the reaper and of the NATS
+//     server, and when it passes the server leaves a delete marker that
+//     every watcher sees.
 //   - Activity (bh.v1.activity.<tenant>.<workload>, queue group
 //     "idle-reaper": each message reaches one replica) moves lastActivity
 //     forward. Writes are debounced per claim to at most one per
@@ -21,12 +21,18 @@
 //     subject with an expected last sequence and a TTL header).
 //   - A deadline fires when the TTL marker arrives or, for sub-second
 //     precision (JetStream expires TTLs on a coarse timer), when the
-//     reaper's own 100 ms scan sees lastActivity + timeout pass. Firing is a
-//     compare-and-set that replaces the key with a "fired" value (with a
-//     short TTL): exactly one replica wins it and asks claim-router for the
-//     release; the others see a conflict and do nothing. If the claim is
-//     still Active when the fired key expires (claim-router was down), the
-//     deadline fires again, so the release is retried.
+//     reaper's own timer for it runs out (a min-heap of every tracked
+//     claim's next check, see deadlines.go; no periodic scan, which cost
+//     ~10% of a core at 10,000 claims). Firing is a compare-and-set that
+//     replaces the key with a "fired" value (with a short TTL): exactly one
+//     replica wins it and asks claim-router for the release; the others see
+//     a conflict and do nothing. If the claim is still Active when the fired
+//     key expires (claim-router was down), the deadline fires again, so the
+//     release is retried.
+//   - The loop goroutine only decides ([decide], no I/O); idle-key writes
+//     and the release requests after them run on a small worker set, at
+//     most one write per key at a time, so one slow write delays no other
+//     claim's release. Releasing once rests on the compare-and-set alone.
 //   - On start (and for any Active claim without a live key of its life)
 //     the reaper reconciles: if max(claimedAt, recorded lastActivity) +
 //     timeout has passed the claim is released, otherwise the key is
@@ -63,10 +69,13 @@ const QueueIdleReaper = "idle-reaper"
 const (
 	DefaultFiredTTL       = 30 * time.Second
 	DefaultMinDebounce    = 100 * time.Millisecond
-	DefaultScanInterval   = 100 * time.Millisecond
+	DefaultRetryInterval  = 100 * time.Millisecond
 	DefaultReleaseTimeout = 5 * time.Minute
+	DefaultWriters        = 12
 	// minTTL is the smallest per-message TTL JetStream accepts.
 	minTTL = time.Second
+	// markerSlack is how long an armed idle key outlives its deadline.
+	markerSlack = time.Second
 )
 
 // Config configures a [Reaper].
@@ -80,8 +89,12 @@ type Config struct {
 	// MinDebounce is the lower bound of the per-claim activity write
 	// interval (timeout/10).
 	MinDebounce time.Duration
-	// ScanInterval is how often local deadlines are checked.
-	ScanInterval time.Duration
+	// RetryInterval is how long a claim waits after a failed idle-key write,
+	// and a due watchDirs probe after finding ProbeConcurrency probes running.
+	RetryInterval time.Duration
+	// Writers is the number of goroutines writing idle keys (and starting
+	// releases); default DefaultWriters.
+	Writers int
 	// ReleaseTimeout bounds one release request.
 	ReleaseTimeout time.Duration
 	// Now is the clock (tests); default time.Now.
@@ -114,11 +127,19 @@ type Reaper struct {
 	wake     chan struct{}
 
 	// Owned by the loop goroutine.
-	idleKV  jetstream.KeyValue
-	claims  map[string]messages.ClaimRecord // Active claims with a timeout
-	idle    map[string]idleState
-	pending map[string]time.Time // debounced activity waiting for its write
-	wrote   map[string]time.Time // last activity write per key
+	idleKV   jetstream.KeyValue
+	claims   map[string]messages.ClaimRecord // Active claims with a timeout
+	idle     map[string]idleState
+	pending  map[string]time.Time // debounced activity waiting for its write
+	wrote    map[string]time.Time // last activity write per key
+	retryAt  map[string]time.Time // no write for the key before this (one failed)
+	inflight map[string]bool      // a write of the key is queued or running
+	timers   *timers
+	fireQ    []writeOp // queued for the writers, fires before arms
+	armQ     []writeOp
+
+	writes  chan writeOp
+	written chan writeResult
 
 	// watchDirs probing (see watchdirs.go); probes is owned by the loop.
 	exec         overlaystore.Executor
@@ -128,13 +149,35 @@ type Reaper struct {
 	warnedNoExec bool
 
 	ready chan struct{}
-	fired func(key string) // test hook: called when this replica asks for a release
+	fired func(key string) // test hook: called when this replica asks for a release (from a writer)
 }
 
 type idleState struct {
 	rev  uint64
 	live bool               // a value (not a marker) is the latest revision
 	val  messages.IdleValue // the latest value seen (kept across a marker)
+	at   time.Time          // when val was written
+}
+
+// writeOp is one compare-and-set of an idle key, decided by the loop.
+type writeOp struct {
+	key         string
+	rec         messages.ClaimRecord
+	rev         uint64 // expected revision (0: the key must not exist)
+	val         messages.IdleValue
+	fromPending bool // it writes debounced activity
+}
+
+type writeResult struct {
+	writeOp
+	rev      uint64    // the write's revision
+	at       time.Time // when it was written
+	err      error
+	conflict bool
+	// After a failed write: the key's latest entry, or the revision of its
+	// delete marker, so the next compare-and-set can succeed.
+	latest    jetstream.KeyValueEntry
+	markerRev uint64
 }
 
 // New checks cfg and builds a Reaper.
@@ -154,8 +197,11 @@ func New(cfg Config) (*Reaper, error) {
 	if cfg.MinDebounce <= 0 {
 		cfg.MinDebounce = DefaultMinDebounce
 	}
-	if cfg.ScanInterval <= 0 {
-		cfg.ScanInterval = DefaultScanInterval
+	if cfg.RetryInterval <= 0 {
+		cfg.RetryInterval = DefaultRetryInterval
+	}
+	if cfg.Writers <= 0 {
+		cfg.Writers = DefaultWriters
 	}
 	if cfg.ReleaseTimeout <= 0 {
 		cfg.ReleaseTimeout = DefaultReleaseTimeout
@@ -198,6 +244,11 @@ func New(cfg Config) (*Reaper, error) {
 		idle:     map[string]idleState{},
 		pending:  map[string]time.Time{},
 		wrote:    map[string]time.Time{},
+		retryAt:  map[string]time.Time{},
+		inflight: map[string]bool{},
+		timers:   newTimers(),
+		writes:   make(chan writeOp),
+		written:  make(chan writeResult, cfg.Writers),
 		ready:    make(chan struct{}),
 
 		exec:         exec,
@@ -207,12 +258,15 @@ func New(cfg Config) (*Reaper, error) {
 	}, nil
 }
 
-// Ready is closed once the reaper has read both buckets and reconciled.
+// Ready is closed once the reaper has read both buckets and decided about
+// every claim (the writes that follow may still be running).
 func (r *Reaper) Ready() <-chan struct{} { return r.ready }
 
 // Run watches the claims and idle buckets and serves activity until ctx ends.
 func (r *Reaper) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
+	var writers sync.WaitGroup
+	defer writers.Wait() // no write outlives Run
 	defer cancel()
 	claimsKV, err := r.js.KeyValue(ctx, messages.BucketClaims)
 	if err != nil {
@@ -220,6 +274,9 @@ func (r *Reaper) Run(ctx context.Context) error {
 	}
 	if r.idleKV, err = r.js.KeyValue(ctx, messages.BucketIdle); err != nil {
 		return fmt.Errorf("idlereaper: idle bucket: %w", err)
+	}
+	for range r.cfg.Writers {
+		writers.Go(func() { r.writer(ctx) })
 	}
 	sub, err := r.cfg.Conn.QueueSubscribe(messages.ActivityWildcard, QueueIdleReaper, r.onActivity)
 	if err != nil {
@@ -242,12 +299,52 @@ func (r *Reaper) Run(ctx context.Context) error {
 	close(r.ready)
 	r.log.Info("idle-reaper ready", "claims", len(r.claims))
 
-	tick := time.NewTicker(r.cfg.ScanInterval)
-	defer tick.Stop()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var timerAt time.Time // what timer is set to; zero: stopped
+	timer.Stop()
+	var due []timerID
 	for {
+		// One timer for the earliest entry of the heap (Go >= 1.23 timers deliver no stale
+		// value after Reset or Stop).
+		if at, ok := r.timers.next(); !ok {
+			if !timerAt.IsZero() {
+				timer.Stop()
+				timerAt = time.Time{}
+			}
+		} else if !at.Equal(timerAt) {
+			timer.Reset(max(0, at.Sub(r.cfg.Now())))
+			timerAt = at
+		}
+		// The next queued write, fires first; a nil channel while there is none.
+		var writes chan writeOp
+		var next writeOp
+		if len(r.fireQ) > 0 {
+			writes, next = r.writes, r.fireQ[0]
+		} else if len(r.armQ) > 0 {
+			writes, next = r.writes, r.armQ[0]
+		}
 		select {
 		case <-ctx.Done():
 			return nil
+		case writes <- next:
+			if len(r.fireQ) > 0 {
+				r.fireQ = popFront(r.fireQ)
+			} else {
+				r.armQ = popFront(r.armQ)
+			}
+		case res := <-r.written:
+			r.wrote1(res)
+		case <-timer.C:
+			timerAt = time.Time{}
+			due = r.timers.popDue(r.cfg.Now(), due[:0])
+			for _, id := range due {
+				if id.kind == timerProbe {
+					r.probeDue(ctx, id.key)
+				} else {
+					r.check(id.key)
+				}
+			}
 		case <-reconnected:
 			// The watches' ordered consumers may not have survived (a restarted server forgets
 			// them); nats.go would recreate them only after 10-20 s without heartbeats, and a
@@ -276,9 +373,9 @@ func (r *Reaper) Run(ctx context.Context) error {
 			if e == nil {
 				continue
 			}
-			if key := r.applyClaim(e); key != "" {
-				r.ensure(ctx, key, false)
-			}
+			r.applyClaim(e)
+			r.check(e.Key())
+			r.syncProbe(e.Key())
 		case e, ok := <-w.idle.Updates():
 			if !ok {
 				return errors.New("idlereaper: idle watch closed")
@@ -286,20 +383,24 @@ func (r *Reaper) Run(ctx context.Context) error {
 			if e == nil {
 				continue
 			}
-			prev := r.idle[e.Key()]
-			r.applyIdle(e)
-			if e.Operation() != jetstream.KeyValuePut && e.Revision() >= prev.rev {
-				// A TTL marker: the deadline (or a fired key's retry time) passed.
-				r.ensure(ctx, e.Key(), true)
+			// A value or a TTL marker (the deadline, or a fired key's retry time, passed).
+			if r.applyIdle(e) {
+				r.check(e.Key())
 			}
 		case <-r.wake:
-			r.drainActivity(ctx)
+			r.drainActivity()
 		case res := <-r.probeResults:
-			r.probed(ctx, res)
-		case <-tick.C:
-			r.scan(ctx)
+			r.probed(res)
 		}
 	}
+}
+
+func popFront(q []writeOp) []writeOp {
+	q[0] = writeOp{}
+	if len(q) == 1 {
+		return nil // let the array go
+	}
+	return q[1:]
 }
 
 // watchers are the reaper's watches of the claims and idle buckets.
@@ -359,55 +460,63 @@ func (r *Reaper) watch(ctx context.Context, claimsKV jetstream.KeyValue) (watche
 			return watchers{}, err
 		}
 	}
+	for key := range claims {
+		if _, ok := r.claims[key]; !ok {
+			r.check(key) // ended while unwatched: forgets it
+			r.syncProbe(key)
+		}
+	}
 	for key := range r.claims {
-		r.ensure(ctx, key, false)
+		r.check(key)
+		r.syncProbe(key)
 	}
 	return w, nil
 }
 
-// applyClaim records a claims-bucket entry; it returns the key when the claim
-// is one the reaper tracks.
-func (r *Reaper) applyClaim(e jetstream.KeyValueEntry) string {
+// applyClaim records a claims-bucket entry: the claim is tracked when it is
+// Active with an idle timeout, and dropped otherwise.
+func (r *Reaper) applyClaim(e jetstream.KeyValueEntry) {
 	key := e.Key()
 	if e.Operation() != jetstream.KeyValuePut {
 		delete(r.claims, key)
-		return ""
+		return
 	}
 	var rec messages.ClaimRecord
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		r.log.Warn("malformed claim record", "key", key, "err", err)
 		delete(r.claims, key)
-		return ""
+		return
 	}
 	if rec.Phase != messages.PhaseActive || rec.IdleTimeoutSeconds <= 0 {
 		delete(r.claims, key)
-		delete(r.pending, key)
-		return ""
+		return
 	}
 	r.claims[key] = rec
-	return key
 }
 
-func (r *Reaper) applyIdle(e jetstream.KeyValueEntry) {
+// applyIdle records an idle-bucket entry; false when it is older than what
+// this replica knows (its own write, seen late).
+func (r *Reaper) applyIdle(e jetstream.KeyValueEntry) bool {
 	key := e.Key()
 	st := r.idle[key]
 	if e.Revision() < st.rev {
-		return // older than what this replica wrote itself
+		return false
 	}
 	st.rev = e.Revision()
 	if e.Operation() != jetstream.KeyValuePut {
 		st.live = false
 		r.idle[key] = st
-		return
+		return true
 	}
 	var v messages.IdleValue
 	if err := json.Unmarshal(e.Value(), &v); err != nil {
 		st.live = false
 		r.idle[key] = st
-		return
+		return true
 	}
-	st.live, st.val = true, v
+	st.live, st.val, st.at = true, v, e.Created()
 	r.idle[key] = st
+	return true
 }
 
 func timeout(rec messages.ClaimRecord) time.Duration {
@@ -431,71 +540,138 @@ func (r *Reaper) lastActivity(key string, rec messages.ClaimRecord) time.Time {
 	return last
 }
 
-// ensure makes the idle key of an Active claim match its life: creates it
-// when missing, or fires when the deadline passed. marker says a TTL marker
-// for key just arrived.
-func (r *Reaper) ensure(ctx context.Context, key string, marker bool) {
+// check decides about key now (see [decide]): queues its write, or sets its
+// timer for when to look again. Loop only; call it after anything about key
+// changed.
+func (r *Reaper) check(key string) {
+	id := timerID{key, timerCheck}
 	rec, ok := r.claims[key]
 	if !ok {
+		// Not (or no longer) an Active claim with a timeout.
+		r.timers.remove(id)
+		delete(r.pending, key)
+		delete(r.wrote, key)
+		delete(r.retryAt, key)
 		return
 	}
+	if r.inflight[key] {
+		r.timers.remove(id) // the write's result checks again
+		return
+	}
+	now := r.cfg.Now()
+	v := keyView{rec: rec, st: r.idle[key], last: r.lastActivity(key, rec), wrote: r.wrote[key], retryAt: r.retryAt[key]}
+	v.pending, v.hasPending = r.pending[key]
+	d := decide(v, now, r.debounce(rec), r.cfg.FiredTTL)
+	if d.dropPending {
+		delete(r.pending, key)
+	}
+	if d.act == actNone {
+		if d.next.IsZero() {
+			r.timers.remove(id)
+		} else {
+			r.timers.set(id, d.next)
+		}
+		return
+	}
+	r.timers.remove(id)
+	delete(r.retryAt, key)
+	if d.fromPending {
+		r.wrote[key] = now
+	}
+	op := writeOp{key: key, rec: rec, rev: v.st.rev, fromPending: d.fromPending,
+		val: messages.IdleValue{ClaimID: rec.ID, LastActivity: d.last.UTC(), TimeoutSeconds: rec.IdleTimeoutSeconds, Fired: d.act == actFire}}
+	r.inflight[key] = true
+	if op.val.Fired {
+		r.fireQ = append(r.fireQ, op)
+	} else {
+		r.armQ = append(r.armQ, op)
+	}
+}
+
+// wrote1 takes the result of one write back into the loop's state.
+func (r *Reaper) wrote1(res writeResult) {
+	key := res.key
+	delete(r.inflight, key)
 	st := r.idle[key]
-	if st.live && st.val.ClaimID == rec.ID {
-		if st.val.Fired {
-			return // a release was asked; the fired key's expiry retries it
+	switch {
+	case res.err == nil:
+		if res.rev >= st.rev {
+			r.idle[key] = idleState{rev: res.rev, live: true, val: res.val, at: res.at}
 		}
-		if !st.val.Deadline().After(r.cfg.Now()) {
-			r.fire(ctx, key, rec, st)
+	default:
+		before := st.rev
+		if res.latest != nil {
+			r.applyIdle(res.latest)
+		} else if res.markerRev > st.rev {
+			st.rev, st.live = res.markerRev, false
+			r.idle[key] = st
 		}
-		return
+		if !res.conflict || r.idle[key].rev == before {
+			// Failed, or lost to a revision not read yet: wait rather than spin.
+			r.retryAt[key] = r.cfg.Now().Add(r.cfg.RetryInterval)
+		}
+		if res.fromPending {
+			if cur, ok := r.pending[key]; !ok || res.val.LastActivity.After(cur) {
+				r.pending[key] = res.val.LastActivity // not written: keep it for the next try
+			}
+		}
 	}
-	last := r.lastActivity(key, rec)
-	deadline := last.Add(timeout(rec))
-	// A TTL marker is never early (TTLs are rounded up to whole seconds),
-	// but the deadline is checked anyway, so a marker alone never releases.
-	_ = marker
-	if !deadline.After(r.cfg.Now()) {
-		r.fire(ctx, key, rec, st)
-		return
-	}
-	r.arm(ctx, key, rec, st, last)
+	r.check(key)
 }
 
-// arm writes the idle key of rec with lastActivity last and a TTL ending at
-// the deadline; a compare-and-set on st.rev.
-func (r *Reaper) arm(ctx context.Context, key string, rec messages.ClaimRecord, st idleState, last time.Time) {
-	v := messages.IdleValue{ClaimID: rec.ID, LastActivity: last.UTC(), TimeoutSeconds: rec.IdleTimeoutSeconds}
-	ttl := v.Deadline().Sub(r.cfg.Now())
-	rev, err := r.put(ctx, key, v, st.rev, ttl)
-	if err != nil {
-		if !natsx.IsConflict(err) {
-			r.log.Warn("writing idle deadline failed", "key", key, "err", err)
+// writer runs queued idle-key writes until ctx ends.
+func (r *Reaper) writer(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case op := <-r.writes:
+			res := r.write(ctx, op)
+			select {
+			case r.written <- res:
+			case <-ctx.Done():
+				return
+			}
 		}
-		r.refresh(ctx, key)
-		return
 	}
-	r.idle[key] = idleState{rev: rev, live: true, val: v}
 }
 
-// fire replaces the idle key with a fired value (compare-and-set on st.rev,
-// so one replica wins) and asks claim-router to release the claim.
-func (r *Reaper) fire(ctx context.Context, key string, rec messages.ClaimRecord, st idleState) {
-	v := messages.IdleValue{ClaimID: rec.ID, LastActivity: r.lastActivity(key, rec).UTC(), TimeoutSeconds: rec.IdleTimeoutSeconds, Fired: true}
-	rev, err := r.put(ctx, key, v, st.rev, r.cfg.FiredTTL)
-	if err != nil {
-		if !natsx.IsConflict(err) {
-			r.log.Warn("marking idle deadline fired failed", "key", key, "err", err)
-		}
-		r.refresh(ctx, key)
-		return
+// write makes one compare-and-set of op's idle key; a fired value that wins
+// starts the release (exactly one replica wins it).
+func (r *Reaper) write(ctx context.Context, op writeOp) writeResult {
+	now := r.cfg.Now()
+	ttl := r.cfg.FiredTTL
+	if !op.val.Fired {
+		// The local timer fires at the deadline; the key outlives it by markerSlack so that
+		// the fired write replaces it before it expires: no marker to write, and none that
+		// could land after the fired value and wipe it.
+		ttl = op.val.Deadline().Sub(now) + markerSlack
 	}
-	r.idle[key] = idleState{rev: rev, live: true, val: v}
-	delete(r.pending, key)
+	res := writeResult{writeOp: op, at: now}
+	res.rev, res.err = r.put(ctx, op.key, op.val, op.rev, ttl)
+	if res.err != nil {
+		res.conflict = natsx.IsConflict(res.err)
+		if !res.conflict && ctx.Err() == nil {
+			r.log.Warn("writing idle key failed", "key", op.key, "fired", op.val.Fired, "err", res.err)
+		}
+		res.latest, res.markerRev = r.read(ctx, op.key)
+		return res
+	}
+	if op.val.Fired {
+		r.startRelease(ctx, op)
+	}
+	return res
+}
+
+// startRelease asks claim-router to release op's claim, without waiting:
+// the reply comes when the release finished.
+func (r *Reaper) startRelease(ctx context.Context, op writeOp) {
+	rec := op.rec
 	if r.fired != nil {
-		r.fired(key)
+		r.fired(op.key)
 	}
 	r.log.Info("idle deadline passed; releasing", "tenant", rec.TenantID, "workload", rec.Workload,
-		"claim", rec.ID, "lastActivity", v.LastActivity, "timeoutSeconds", rec.IdleTimeoutSeconds)
+		"claim", rec.ID, "lastActivity", op.val.LastActivity, "timeoutSeconds", rec.IdleTimeoutSeconds)
 	go func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.ReleaseTimeout)
 		defer cancel()
@@ -514,7 +690,7 @@ func (r *Reaper) put(ctx context.Context, key string, v messages.IdleValue, rev 
 		ttl = minTTL
 	}
 	// JetStream keeps per-message TTLs in whole seconds: round up, so the
-	// key never expires before the deadline (the 100 ms scan fires on time).
+	// key never expires before the deadline.
 	ttl = (ttl + time.Second - 1).Truncate(time.Second)
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -540,31 +716,28 @@ func (r *Reaper) put(ctx context.Context, key string, v messages.IdleValue, rev 
 	return ack.Sequence, nil
 }
 
-// refresh re-reads key after a lost compare-and-set.
-func (r *Reaper) refresh(ctx context.Context, key string) {
+// read re-reads key after a failed write: its latest entry, or (deleted or
+// expired) the revision of its marker, for the next compare-and-set.
+func (r *Reaper) read(ctx context.Context, key string) (jetstream.KeyValueEntry, uint64) {
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	e, err := r.idleKV.Get(gctx, key)
 	switch {
 	case err == nil:
-		r.applyIdle(e)
+		return e, 0
 	case errors.Is(err, jetstream.ErrKeyNotFound):
-		// Deleted or expired: learn the marker's revision for the next
-		// compare-and-set.
 		stream, serr := r.js.Stream(gctx, "KV_"+messages.BucketIdle)
 		if serr != nil {
-			return
+			return nil, 0
 		}
 		m, merr := stream.GetLastMsgForSubject(gctx, "$KV."+messages.BucketIdle+"."+key)
 		if merr != nil {
-			return
+			return nil, 0
 		}
-		if st := r.idle[key]; m.Sequence > st.rev {
-			st.rev, st.live = m.Sequence, false
-			r.idle[key] = st
-		}
+		return nil, m.Sequence
 	default:
 		r.log.Debug("reading idle key failed", "key", key, "err", err)
+		return nil, 0
 	}
 }
 
@@ -599,83 +772,23 @@ func (r *Reaper) debounce(rec messages.ClaimRecord) time.Duration {
 	return d
 }
 
-func (r *Reaper) drainActivity(ctx context.Context) {
+func (r *Reaper) drainActivity() {
 	r.mu.Lock()
 	batch := r.activity
 	r.activity = make(map[string]time.Time, len(batch))
 	r.mu.Unlock()
 	for key, at := range batch {
-		if _, ok := r.claims[key]; !ok {
-			continue
-		}
-		if cur, ok := r.pending[key]; !ok || at.After(cur) {
-			r.pending[key] = at
-		}
-		r.flush(ctx, key, false)
+		r.noteActivity(key, at)
 	}
 }
 
-// flush writes the pending activity of key unless the last write was less
-// than the debounce interval ago (or force).
-func (r *Reaper) flush(ctx context.Context, key string, force bool) {
-	at, ok := r.pending[key]
-	if !ok {
+// noteActivity records activity of key at at (debounced by check). Loop only.
+func (r *Reaper) noteActivity(key string, at time.Time) {
+	if _, ok := r.claims[key]; !ok {
 		return
 	}
-	rec, ok := r.claims[key]
-	if !ok {
-		delete(r.pending, key)
-		return
+	if cur, ok := r.pending[key]; !ok || at.After(cur) {
+		r.pending[key] = at
 	}
-	now := r.cfg.Now()
-	if !force && now.Sub(r.wrote[key]) < r.debounce(rec) {
-		return // the scan writes it when the interval is over
-	}
-	delete(r.pending, key)
-	st := r.idle[key]
-	if st.live && st.val.ClaimID == rec.ID && st.val.Fired {
-		return // too late: the deadline passed and the release was asked
-	}
-	if st.live && st.val.ClaimID == rec.ID && !at.After(st.val.LastActivity) {
-		return
-	}
-	if !at.Add(timeout(rec)).After(now) {
-		return // older than the timeout: it cannot move the deadline
-	}
-	r.wrote[key] = now
-	r.arm(ctx, key, rec, st, at)
-}
-
-// scan writes debounced activity whose interval is over and fires
-// deadlines that passed (sub-second precision; the TTL marker is the
-// durable backstop).
-func (r *Reaper) scan(ctx context.Context) {
-	now := r.cfg.Now()
-	for key := range r.pending {
-		if rec, ok := r.claims[key]; ok && now.Sub(r.wrote[key]) >= r.debounce(rec) {
-			r.flush(ctx, key, true)
-		} else if !ok {
-			delete(r.pending, key)
-		}
-	}
-	for key, rec := range r.claims {
-		st := r.idle[key]
-		if st.live && st.val.ClaimID == rec.ID {
-			if st.val.Fired || st.val.Deadline().After(now) {
-				continue
-			}
-			if _, waiting := r.pending[key]; waiting {
-				continue
-			}
-			r.fire(ctx, key, rec, st)
-			continue
-		}
-		r.ensure(ctx, key, false) // not armed for this life yet (or a write failed): retry
-	}
-	for key := range r.wrote {
-		if _, ok := r.claims[key]; !ok {
-			delete(r.wrote, key)
-		}
-	}
-	r.probeDirs(ctx, now)
+	r.check(key)
 }

@@ -96,47 +96,60 @@ type probeResult struct {
 	err     error
 }
 
-// probeDirs starts the due probes (bounded by the semaphore; the rest stay
-// due for the next scan) and forgets claims no longer tracked. Loop only.
-func (r *Reaper) probeDirs(ctx context.Context, now time.Time) {
-	for key, st := range r.probes {
-		if rec, ok := r.claims[key]; !ok || rec.ID != st.claimID || len(rec.WatchDirs) == 0 {
-			if !st.inFlight {
-				delete(r.probes, key)
-			}
+// syncProbe keeps the probe timer of key in step with its claim: a new
+// claim life is probed at once (its baseline), then every probeInterval.
+// Loop only.
+func (r *Reaper) syncProbe(key string) {
+	id := timerID{key, timerProbe}
+	rec, ok := r.claims[key]
+	st := r.probes[key]
+	if !ok || len(rec.WatchDirs) == 0 || rec.InstanceID == "" {
+		r.timers.remove(id)
+		if st != nil && !st.inFlight {
+			delete(r.probes, key)
 		}
+		return
 	}
-	for key, rec := range r.claims {
-		if len(rec.WatchDirs) == 0 || rec.InstanceID == "" {
-			continue
+	if r.exec == nil {
+		if !r.warnedNoExec {
+			r.warnedNoExec = true
+			r.log.Info("no Kubernetes config: idle.watchDirs are ignored", "claim", rec.ID, "workload", rec.Workload)
 		}
-		if r.exec == nil {
-			if !r.warnedNoExec {
-				r.warnedNoExec = true
-				r.log.Info("no Kubernetes config: idle.watchDirs are ignored", "claim", rec.ID, "workload", rec.Workload)
-			}
-			return
-		}
-		st, ok := r.probes[key]
-		if !ok || st.claimID != rec.ID {
-			if ok && st.inFlight {
-				continue // the old life's probe is still running
-			}
-			st = &probeState{claimID: rec.ID}
-			r.probes[key] = st
-		}
-		if st.inFlight || now.Before(st.next) {
-			continue
-		}
-		select {
-		case r.probeSem <- struct{}{}:
-		default:
-			return // at the concurrency bound: the rest are probed on a later scan
-		}
-		st.inFlight = true
-		st.next = now.Add(probeInterval(rec))
-		go r.probe(ctx, key, rec, now)
+		return
 	}
+	if st == nil || st.claimID != rec.ID {
+		if st != nil && st.inFlight {
+			return // the old life's probe is still running; its result calls here again
+		}
+		r.probes[key] = &probeState{claimID: rec.ID}
+		r.timers.set(id, r.cfg.Now())
+		return
+	}
+	if !st.inFlight && !r.timers.has(id) {
+		r.timers.set(id, st.next)
+	}
+}
+
+// probeDue starts the probe of key whose timer ran out, unless
+// ProbeConcurrency probes are running (then it tries again after
+// RetryInterval). Loop only.
+func (r *Reaper) probeDue(ctx context.Context, key string) {
+	rec, ok := r.claims[key]
+	st := r.probes[key]
+	if !ok || st == nil || st.claimID != rec.ID || st.inFlight || r.exec == nil {
+		r.syncProbe(key)
+		return
+	}
+	now := r.cfg.Now()
+	select {
+	case r.probeSem <- struct{}{}:
+	default:
+		r.timers.set(timerID{key, timerProbe}, now.Add(r.cfg.RetryInterval))
+		return
+	}
+	st.inFlight = true
+	st.next = now.Add(probeInterval(rec))
+	go r.probe(ctx, key, rec, now)
 }
 
 func (r *Reaper) probe(ctx context.Context, key string, rec messages.ClaimRecord, at time.Time) {
@@ -155,8 +168,10 @@ func (r *Reaper) probe(ctx context.Context, key string, rec messages.ClaimRecord
 	}
 }
 
-// probed handles one probe's result. Loop only.
-func (r *Reaper) probed(ctx context.Context, res probeResult) {
+// probed handles one probe's result: a newer modification time than the
+// previous probe of the same claim life counts as activity. Loop only.
+func (r *Reaper) probed(res probeResult) {
+	defer r.syncProbe(res.key) // the next probe (or the next life's first)
 	st, ok := r.probes[res.key]
 	if !ok || st.claimID != res.claimID {
 		return
@@ -174,15 +189,12 @@ func (r *Reaper) probed(ctx context.Context, res probeResult) {
 	if !grew {
 		return
 	}
-	if _, ok := r.claims[res.key]; !ok {
+	if rec, ok := r.claims[res.key]; !ok || rec.ID != res.claimID {
 		return
 	}
 	at := res.at
 	if now := r.cfg.Now(); at.After(now) {
 		at = now
 	}
-	if cur, ok := r.pending[res.key]; !ok || at.After(cur) {
-		r.pending[res.key] = at
-	}
-	r.flush(ctx, res.key, false)
+	r.noteActivity(res.key, at)
 }
