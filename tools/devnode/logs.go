@@ -34,18 +34,19 @@ const (
 	logFollowPoll = 100 * time.Millisecond
 )
 
-// containerLog appends entries to one container's log file. It is opened on first write and
-// closed by close; writes after close are dropped.
+// containerLog appends entries to one container's log file; writes after close are dropped.
+// The file is opened for each write and closed after it: a Pod that serves a port keeps its
+// listener open already, and a log held open too would make two files per Pod (10,000 Pods
+// would pass a 20,000 open-file limit).
 type containerLog struct {
 	path string
 
 	mu     sync.Mutex
-	f      *os.File
-	size   int64
+	size   int64 // the file's size; -1 until read
 	closed bool
 }
 
-func newContainerLog(path string) *containerLog { return &containerLog{path: path} }
+func newContainerLog(path string) *containerLog { return &containerLog{path: path, size: -1} }
 
 // printf writes one full stdout line.
 func (l *containerLog) printf(format string, args ...any) {
@@ -78,24 +79,27 @@ func (l *containerLog) entry(stream string, partial bool, text []byte) {
 	if l.closed {
 		return
 	}
-	if l.f == nil || l.size >= logMaxBytes {
-		if l.f != nil {
-			_ = l.f.Close()
-			l.f = nil
-			_ = os.Rename(l.path, l.path+".1")
-		}
-		f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-		if err != nil {
-			return // the Pod's directory is gone (being deleted)
-		}
-		fi, err := f.Stat()
-		if err != nil {
-			_ = f.Close()
+	if l.size < 0 { // an adopted Pod's log goes on where it was
+		fi, err := os.Stat(l.path)
+		switch {
+		case err == nil:
+			l.size = fi.Size()
+		case errors.Is(err, os.ErrNotExist):
+			l.size = 0
+		default:
 			return
 		}
-		l.f, l.size = f, fi.Size()
 	}
-	n, _ := l.f.Write(b.Bytes())
+	if l.size >= logMaxBytes {
+		_ = os.Rename(l.path, l.path+".1")
+		l.size = 0
+	}
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return // the Pod's directory is gone (being deleted)
+	}
+	n, _ := f.Write(b.Bytes())
+	_ = f.Close()
 	l.size += int64(n)
 }
 
@@ -111,10 +115,6 @@ func (l *containerLog) close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.closed = true
-	if l.f != nil {
-		_ = l.f.Close()
-		l.f = nil
-	}
 }
 
 // streamWriter returns a writer that turns a process's output stream into entries, a line

@@ -62,7 +62,7 @@ func TestScale(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	goroutines0, rss0, heap0 := runtime.NumGoroutine(), rssKiB(t), heapMiB()
+	goroutines0, rss0, heap0, files0 := runtime.NumGoroutine(), rssKiB(t), heapMiB(), openFiles(t)
 	n := startNode(t, Config{NodeName: uniq("dn-scale")})
 
 	start := time.Now()
@@ -116,12 +116,17 @@ func TestScale(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	allReady := time.Since(start)
-	goroutines1, rss1, heap1 := runtime.NumGoroutine(), rssKiB(t), heapMiB()
+	goroutines1, rss1, heap1, files1 := runtime.NumGoroutine(), rssKiB(t), heapMiB(), openFiles(t)
 	t.Logf("all %d pods Ready %s after the first create (%.0f pods/s)", scalePods,
 		allReady.Round(time.Millisecond), float64(scalePods)/allReady.Seconds())
 	t.Logf("process with node: goroutines %d -> %d (+%d), RSS %.1f -> %.1f MiB (+%.1f), Go heap %.1f -> %.1f MiB; status patches %d",
 		goroutines0, goroutines1, goroutines1-goroutines0, float64(rss0)/1024, float64(rss1)/1024,
 		float64(rss1-rss0)/1024, heap0, heap1, n.statusPatches.Load())
+	// One listener a Pod; its log is not held open (10,000 Pods fit a 20,000-file limit).
+	t.Logf("open files %d -> %d (+%d)", files0, files1, files1-files0)
+	if files1-files0 > scalePods+scalePods/4 {
+		t.Errorf("%d more open files for %d pods with one port each, want about one each", files1-files0, scalePods)
+	}
 
 	ips := map[string]string{}
 	for i := range pods.Items {
