@@ -13,6 +13,7 @@
 # HTTP_PORT (3100) and NATS_PORT (4322): not make run's ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/section.sh
 N=${N:-10000}
 RATE=${RATE:-60}
 TIMEOUT=${TIMEOUT:-240}
@@ -87,15 +88,6 @@ section=$work/section.md
   cat "$res"
   echo "$end"
 } >"$section"
-# Replace the marked section in place, or append it; the rest of the file is left as it is.
-if grep -qF "$begin" "$out" 2>/dev/null; then
-  awk -v b="$begin" -v e="$end" -v f="$section" '
-    $0 == b { while ((getline l < f) > 0) print l; skip = 1; next }
-    skip && $0 == e { skip = 0; next }
-    !skip' "$out" >"$work/out.md"
-  cat "$work/out.md" >"$out"
-else
-  { echo; cat "$section"; } >>"$out"
-fi
+write_section "$out" "$begin" "$end" "$section"
 echo "idle: wrote the idle section of $out (target p99 <= 1 s: $verdict)" >&2
 exit $status
