@@ -101,16 +101,32 @@ func main() {
 	}
 }
 
+// scenarioArgs drops -out and its file from args: where the result is written is not part of
+// the scenario.
+func scenarioArgs(args []string) []string {
+	var kept []string
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "-out" || a == "--out":
+			i++
+		case strings.HasPrefix(a, "-out=") || strings.HasPrefix(a, "--out="):
+		default:
+			kept = append(kept, a)
+		}
+	}
+	return kept
+}
+
 // emit prints the result under the command line that produced it, and appends both to out.
 func emit(result, out string) {
-	text := fmt.Sprintf("`loadgen %s`\n\n%s", strings.Join(os.Args[1:], " "), result)
+	text := fmt.Sprintf("`loadgen %s`\n\n%s", strings.Join(scenarioArgs(os.Args[1:]), " "), result)
 	fmt.Print(text)
 	if out == "" {
 		return
 	}
 	f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 	if err == nil {
-		_, err = fmt.Fprintf(f, "\n%s", text)
+		_, err = fmt.Fprint(f, text)
 		f.Close()
 	}
 	if err != nil {
