@@ -16,8 +16,10 @@ RATE=${RATE:-200}
 SECONDS_POOL=${SECONDS_POOL:-30}
 POOL=${POOL:-$((RATE * (SECONDS_POOL + 10) + 400))}
 out=docs/benchmarks.md
-begin='<!-- begin bench.sh: written by loadtest/bench.sh (make bench); keep these markers -->'
-end='<!-- end bench.sh -->'
+# NOSYNC=1 runs the same on a stack without per-write flushing, into a block of its own.
+variant=${NOSYNC:+ -no-sync}
+begin="<!-- begin bench.sh$variant: written by loadtest/bench.sh (make bench); keep these markers -->"
+end="<!-- end bench.sh$variant -->"
 work=$(mktemp -d)
 sec=$work/section.md
 go build -o "$work/devstack" ./tools/cmd/devstack
@@ -55,7 +57,7 @@ curl -sf -X PUT localhost:3000/api/v1/pools/bench -H 'Content-Type: application/
 sleep 5
 {
   echo "$begin"
-  echo "## Claim path (make bench)"
+  echo "## Claim path (${NOSYNC:+NOSYNC=1 }make bench)"
   echo
   echo "Written by \`make bench\` (loadtest/bench.sh) on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(go version | cut -d' ' -f3)."
   echo "One process runs everything (\`make run\`'s binary): embedded NATS with $([ -n "${NOSYNC:-}" ] && echo "periodic flushing (-no-sync)" || echo SyncAlways), services"
