@@ -43,9 +43,9 @@ until curl -sf "$api/health" >/dev/null; do
   kill -0 $pid 2>/dev/null || { tail -50 "$work/stack.log"; exit 1; }
   sleep 0.5
 done
-# The Pods serve no port: the dev node keeps two open files per Pod with a port (its listener and
-# its container log), and 10,000 such Pods need more than the 20,000 open files this machine
-# allows a process (and root cannot raise). A port plays no part in an idle release.
+# The Pods serve no port: a port plays no part in an idle release, and the dev node holds an open
+# listener per Pod with a port, which for 10,000 Pods comes close to the 20,000 open files this
+# machine allows a process (root cannot raise it).
 curl -sf -X POST "$api/workloads" -H 'Content-Type: application/json' -d "{\"name\":\"idle\",\"spec\":{
   \"version\":\"1\",\"image\":{\"ref\":\"boilerhouse/demo:1\"},\"resources\":{\"vcpus\":1,\"memoryMb\":64,\"diskGb\":0},
   \"idle\":{\"timeoutSeconds\":$TIMEOUT,\"action\":\"destroy\"}}}" >/dev/null

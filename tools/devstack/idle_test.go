@@ -165,9 +165,9 @@ func TestIdleReleaseEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	// Six seconds of use, each second a different activity source: twice the timeout.
+	// Ten seconds of use, each second a different activity source: more than three timeouts.
 	var last time.Time
-	for i := range 6 {
+	for i := range 10 {
 		time.Sleep(time.Second)
 		if _, ok := rw.at(key); ok {
 			t.Fatalf("released while in use (after %d s)", i)
