@@ -67,19 +67,14 @@ func (l *ledger) watch(ctx context.Context, synced chan<- struct{}, reconnected 
 }
 
 // follow applies one watch of the bucket until ctx ends (false), a reconnect (true) or an
-// error. Keys of the view that the watch's initial values lack were purged while unwatched
-// and are dropped, unless written after the watch began.
+// error. Its initial values include the delete markers of keys removed while unwatched (the
+// ledger deletes, never purges), so they leave the view as well.
 func (l *ledger) follow(ctx context.Context, synced chan<- struct{}, reconnected <-chan nats.Status) (bool, error) {
-	floor, err := l.lastRevision(ctx)
-	if err != nil {
-		return false, err
-	}
 	w, err := l.kv.WatchAll(ctx)
 	if err != nil {
 		return false, fmt.Errorf("poolmanager: watch KV %s: %w", messages.BucketInstances, err)
 	}
 	defer func() { _ = w.Stop() }()
-	seen := map[string]bool{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -91,48 +86,14 @@ func (l *ledger) follow(ctx context.Context, synced chan<- struct{}, reconnected
 				return false, errors.New("poolmanager: ledger watch closed")
 			}
 			if e == nil {
-				if seen != nil {
-					l.dropUnseen(seen, floor)
-					seen = nil
-					if synced != nil {
-						close(synced)
-					}
+				if synced != nil {
+					close(synced)
+					synced = nil
 				}
 				continue
 			}
-			if seen != nil {
-				seen[e.Key()] = true
-			}
 			l.applyWatched(e)
 		}
-	}
-}
-
-// lastRevision is the bucket's last revision now.
-func (l *ledger) lastRevision(ctx context.Context) (uint64, error) {
-	st, err := l.kv.Status(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("poolmanager: KV %s status: %w", messages.BucketInstances, err)
-	}
-	bs, ok := st.(*jetstream.KeyValueBucketStatus)
-	if !ok {
-		return 0, fmt.Errorf("poolmanager: KV %s: unexpected status type %T", messages.BucketInstances, st)
-	}
-	return bs.StreamInfo().State.LastSeq, nil
-}
-
-// dropUnseen removes the keys at or below floor that a fresh watch did not list.
-func (l *ledger) dropUnseen(seen map[string]bool, floor uint64) {
-	l.mu.RLock()
-	var gone []string
-	for key, it := range l.entries {
-		if !seen[key] && it.rev <= floor {
-			gone = append(gone, key)
-		}
-	}
-	l.mu.RUnlock()
-	for _, key := range gone {
-		l.remove(key, floor+1)
 	}
 }
 
