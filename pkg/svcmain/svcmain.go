@@ -12,10 +12,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/run"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"boilerhouse.dev/pkg/natsx"
 )
 
 // Env is the variable's value, or def when it is unset or empty.
@@ -99,4 +103,28 @@ func RunUntilSignal(logger *slog.Logger, name string, service func(context.Conte
 		return nil
 	}
 	return err
+}
+
+// ConnectNATS connects to url under name and, when provision is set, creates or updates every
+// KV bucket and stream first (natsx.Provision with cfg, 30 s at most), so that a service can be
+// the first to start.
+func ConnectNATS(url, name string, provision bool, cfg natsx.ProvisionConfig) (*nats.Conn, error) {
+	nc, err := natsx.Connect(url, nats.Name(name))
+	if err != nil {
+		return nil, err
+	}
+	if !provision {
+		return nc, nil
+	}
+	js, err := jetstream.New(nc)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err = natsx.Provision(ctx, js, cfg)
+		cancel()
+	}
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return nc, nil
 }

@@ -1,8 +1,15 @@
 package svcmain
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"boilerhouse.dev/messages"
+	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/pkg/natsx/natstest"
 )
 
 func TestEnvDefaultsAndParsing(t *testing.T) {
@@ -26,5 +33,40 @@ func TestEnvDefaultsAndParsing(t *testing.T) {
 	}
 	if _, err := KubeConfig("/nonexistent/kubeconfig"); err == nil {
 		t.Error("KubeConfig accepted a missing file")
+	}
+}
+
+// ConnectNATS provisions the buckets only when asked to.
+func TestConnectNATSProvisions(t *testing.T) {
+	srv := natstest.Start(t, false)
+	nc, err := ConnectNATS(srv.URL, "svcmain-test", false, natsx.ProvisionConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := js.KeyValue(ctx, messages.BucketClaims); err == nil {
+		t.Fatal("claims bucket exists without provisioning")
+	}
+	nc.Close()
+	nc, err = ConnectNATS(srv.URL, "svcmain-test", true, natsx.ProvisionConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if nc.Opts.Name != "svcmain-test" {
+		t.Errorf("connection name %q", nc.Opts.Name)
+	}
+	if js, err = jetstream.New(nc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.KeyValue(ctx, messages.BucketClaims); err != nil {
+		t.Fatalf("claims bucket after provisioning: %v", err)
+	}
+	if _, err := ConnectNATS(srv.URL, "svcmain-test", true, natsx.ProvisionConfig{Replicas: 9}); err == nil {
+		t.Fatal("invalid provisioning config accepted")
 	}
 }

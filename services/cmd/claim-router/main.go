@@ -18,15 +18,11 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"os"
 	"strings"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/pkg/svcmain"
@@ -67,26 +63,13 @@ func mainErr(args []string) error {
 		return err
 	}
 
-	nc, err := natsx.Connect(*natsURL, nats.Name("claim-router"))
+	nc, err := svcmain.ConnectNATS(*natsURL, "claim-router", *provision, natsx.ProvisionConfig{Replicas: *replicas})
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	if *provision {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := natsx.Provision(ctx, js, natsx.ProvisionConfig{Replicas: *replicas})
-		cancel()
-		if err != nil {
-			return err
-		}
-	}
 	router, err := claimrouter.New(claimrouter.Config{
 		Conn:           nc,
-		JetStream:      js,
 		ReplicaID:      *replica,
 		ClaimTimeout:   *claimTimeout,
 		StaleAfter:     *staleAfter,

@@ -16,14 +16,9 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"os"
-	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/pkg/svcmain"
@@ -55,23 +50,11 @@ func mainErr(args []string) error {
 		return err
 	}
 
-	nc, err := natsx.Connect(*natsURL, nats.Name("idle-reaper"))
+	nc, err := svcmain.ConnectNATS(*natsURL, "idle-reaper", *provision, natsx.ProvisionConfig{Replicas: *replicas})
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	if *provision {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := natsx.Provision(ctx, js, natsx.ProvisionConfig{Replicas: *replicas})
-		cancel()
-		if err != nil {
-			return err
-		}
-	}
 	restConfig, err := svcmain.KubeConfig(*kubeconfig)
 	if err != nil {
 		if *kubeconfig != "" {
@@ -80,7 +63,7 @@ func mainErr(args []string) error {
 		logger.Warn("no Kubernetes configuration; idle.watchDirs will not be probed", "err", err)
 		restConfig = nil
 	}
-	reaper, err := idlereaper.New(idlereaper.Config{Conn: nc, JetStream: js, Logger: logger, FiredTTL: *firedTTL,
+	reaper, err := idlereaper.New(idlereaper.Config{Conn: nc, Logger: logger, FiredTTL: *firedTTL,
 		RestConfig: restConfig, Namespace: *namespace})
 	if err != nil {
 		return err

@@ -20,14 +20,9 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"os"
-	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/pkg/overlay"
@@ -70,23 +65,11 @@ func mainErr(args []string) error {
 	if err != nil {
 		return err
 	}
-	nc, err := natsx.Connect(*natsURL, nats.Name("pool-manager"))
+	nc, err := svcmain.ConnectNATS(*natsURL, "pool-manager", *provision, natsx.ProvisionConfig{})
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	if *provision {
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return err
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err = natsx.Provision(ctx, js, natsx.ProvisionConfig{})
-		cancel()
-		if err != nil {
-			return err
-		}
-	}
 	m, err := poolmanager.New(poolmanager.Config{
 		RestConfig:     restConfig,
 		NATS:           nc,
