@@ -11,7 +11,7 @@
 # produced them; the rest of the file (notes, the idle block) is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. loadtest/section.sh
+. loadtest/lib.sh
 RATE=${RATE:-200}
 SECONDS_POOL=${SECONDS_POOL:-30}
 POOL=${POOL:-$((RATE * (SECONDS_POOL + 10) + 400))}
@@ -22,15 +22,7 @@ begin="<!-- begin bench.sh$variant: written by loadtest/bench.sh (make bench); k
 end="<!-- end bench.sh$variant -->"
 work=$(mktemp -d)
 sec=$work/section.md
-go build -o "$work/devstack" ./tools/cmd/devstack
-go build -o "$work/loadgen" ./loadtest/cmd/loadgen
-"$work/devstack" -state "$work/.devstack" -examples=true ${PPROF:+-pprof $PPROF} ${NOSYNC:+-no-sync} >"$work/stdout" 2>"$work/stack.log" &
-pid=$!
-trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
-until curl -sf localhost:3000/api/v1/health >/dev/null; do
-  kill -0 $pid 2>/dev/null || { tail -50 "$work/stack.log"; exit 1; }
-  sleep 0.5
-done
+start_stack "$work" 3000 -examples=true ${PPROF:+-pprof $PPROF} ${NOSYNC:+-no-sync}
 kubectl=$work/.devstack/bin/kubectl
 kubeconfig=$work/.devstack/kubeconfig
 # A workload of its own with a slow readiness period: the dev node probes every Pod for real,

@@ -13,7 +13,7 @@
 # HTTP_PORT (3100) and NATS_PORT (4322): not make run's ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. loadtest/section.sh
+. loadtest/lib.sh
 N=${N:-10000}
 RATE=${RATE:-60}
 TIMEOUT=${TIMEOUT:-240}
@@ -32,17 +32,8 @@ others=$(pgrep -xc devstack || true)
 ulimit -Hn 262144 2>/dev/null || true
 ulimit -Sn "$(ulimit -Hn)"
 work=$(mktemp -d)
-go build -o "$work/devstack" ./tools/cmd/devstack
-go build -o "$work/loadgen" ./loadtest/cmd/loadgen
-"$work/devstack" -state "$work/.devstack" -examples=false -http ":$HTTP_PORT" -nats-port "$NATS_PORT" \
-  ${PPROF:+-pprof $PPROF} >"$work/stdout" 2>"$work/stack.log" &
-pid=$!
-trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+start_stack "$work" "$HTTP_PORT" -examples=false -nats-port "$NATS_PORT" ${PPROF:+-pprof $PPROF}
 ( while kill -0 $pid 2>/dev/null; do ls /proc/$pid/fd | wc -l; sleep 2; done ) >"$work/fds" 2>/dev/null &
-until curl -sf "$api/health" >/dev/null; do
-  kill -0 $pid 2>/dev/null || { tail -50 "$work/stack.log"; exit 1; }
-  sleep 0.5
-done
 # The Pods serve no port: a port plays no part in an idle release, and the dev node holds an open
 # listener per Pod with a port, which for 10,000 Pods comes close to the 20,000 open files this
 # machine allows a process (root cannot raise it).

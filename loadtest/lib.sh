@@ -1,4 +1,23 @@
-# Sourced by the benchmark scripts: each owns one marked block of docs/benchmarks.md.
+# Sourced by the benchmark scripts (bench.sh, idle.sh).
+
+# start_stack WORK PORT [devstack flags...] builds the dev stack and loadgen into WORK, starts
+# the stack on REST port PORT (state in WORK/.devstack, log in WORK/stack.log), stops it and
+# removes WORK when the script exits, and returns once its REST API answers. Sets pid.
+start_stack() {
+  local work=$1 port=$2
+  shift 2
+  go build -o "$work/devstack" ./tools/cmd/devstack
+  go build -o "$work/loadgen" ./loadtest/cmd/loadgen
+  "$work/devstack" -state "$work/.devstack" -http ":$port" "$@" >"$work/stdout" 2>"$work/stack.log" &
+  pid=$!
+  trap "kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf '$work'" EXIT
+  until curl -sf "localhost:$port/api/v1/health" >/dev/null; do
+    kill -0 $pid 2>/dev/null || { tail -50 "$work/stack.log"; return 1; }
+    sleep 0.5
+  done
+}
+
+# Each script owns one marked block of docs/benchmarks.md.
 # write_section FILE BEGIN END BLOCK replaces the lines from BEGIN to END in FILE with the
 # contents of BLOCK (which includes both markers), or appends BLOCK when FILE has no BEGIN line.
 # Everything outside the block, hand-written notes included, is left as it is.
