@@ -836,22 +836,22 @@ func (h *hub) notifyAll() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, set := range h.waiters {
-		for ch := range set {
-			select {
-			case ch <- struct{}{}:
-			default:
-			}
-		}
+		wake(set)
 	}
 }
 
 func (h *hub) notify(key string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for ch := range h.waiters[key] {
+	wake(h.waiters[key])
+}
+
+// wake signals every waiter of set without blocking (a signalled one is already due to read).
+func wake(set map[chan struct{}]struct{}) {
+	for ch := range set {
 		select {
 		case ch <- struct{}{}:
-		default: // already signalled
+		default:
 		}
 	}
 }

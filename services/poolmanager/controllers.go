@@ -81,7 +81,7 @@ func (m *Manager) setupControllers() error {
 		return fmt.Errorf("poolmanager: workload controller: %w", err)
 	}
 
-	// Pod events arrive at the claim rate (tenant labels, readiness); they wait poolBatch like
+	// Pod events arrive at the claim rate (tenant labels, readiness); they wait poolDelay like
 	// acquisitions so that one reconcile sees a burst of them.
 	type podQueue = workqueue.TypedRateLimitingInterface[reconcile.Request]
 	podPool := func(q podQueue, o client.Object) { m.batchPool(q, o.GetNamespace(), o.GetLabels()[v1alpha1.LabelPool]) }
