@@ -23,7 +23,8 @@ if ! ok; then
   ticker=$!
   minor=${K8S_VERSION#*.}; minor=${minor%.*}
   ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
-  (cd "$here" && go mod download && go build -mod=readonly -ldflags "$ldflags" -o "$tmp/" \
+  # Its own module, outside the repository's go.work (k8s.io/kubernetes pins its own versions).
+  (cd "$here" && export GOWORK=off && go mod download && go build -mod=readonly -ldflags "$ldflags" -o "$tmp/" \
      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./etcd)
   # Rename into place only after all three built, so an interrupted build leaves no half set.
   mv -f "$tmp/kube-apiserver" "$tmp/kubectl" "$tmp/etcd" "$dir/"
