@@ -153,6 +153,17 @@ func (l *ledger) Get(key string) (LedgerEntry, bool) {
 	return it.entry, ok
 }
 
+// snapshot copies the view: key -> entry.
+func (l *ledger) snapshot() map[string]LedgerEntry {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	out := make(map[string]LedgerEntry, len(l.entries))
+	for k, it := range l.entries {
+		out[k] = it.entry
+	}
+	return out
+}
+
 // Held reports whether key has an entry.
 func (l *ledger) Held(key string) bool {
 	l.mu.RLock()

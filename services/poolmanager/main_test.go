@@ -135,7 +135,9 @@ func runTests(m *testing.M) int {
 	}()
 
 	pm, err = New(Config{RestConfig: p.Config, NATS: nc, Namespace: testNamespace, Logger: testLogger(),
-		ReplicaID: "test-replica", BootTimeout: 20 * time.Second, RestoreRepeatGrace: testRestoreGrace})
+		ReplicaID: "test-replica", BootTimeout: 20 * time.Second, RestoreRepeatGrace: testRestoreGrace,
+		// The tests acquire without claim records: TestOrphanSweep runs the sweep itself.
+		OrphanSweep: 24 * time.Hour})
 	if err != nil {
 		return fail("pool-manager", err)
 	}

@@ -84,6 +84,11 @@ type Config struct {
 	// restore waits for the restore init container to finish before it answers
 	// awaiting-restore again (default 10s; see Manager.Boot).
 	RestoreRepeatGrace time.Duration
+	// OrphanGrace is how old a hold must be before the orphan sweep looks at it (default 1m;
+	// see OrphanedHold); OrphanSweep is how often it looks (default 30s). The sweep runs where
+	// the reconcilers run (the leader).
+	OrphanGrace time.Duration
+	OrphanSweep time.Duration
 }
 
 // Manager is one pool-manager replica. It implements Service.
@@ -143,6 +148,12 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.RestoreRepeatGrace <= 0 {
 		cfg.RestoreRepeatGrace = DefaultRestoreRepeatGrace
+	}
+	if cfg.OrphanGrace <= 0 {
+		cfg.OrphanGrace = DefaultOrphanGrace
+	}
+	if cfg.OrphanSweep <= 0 {
+		cfg.OrphanSweep = DefaultOrphanSweep
 	}
 	if cfg.HelperImage == "" {
 		cfg.HelperImage = overlay.DefaultHelperImage
@@ -226,6 +237,10 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	if err := m.setupControllers(); err != nil {
+		return nil, err
+	}
+	// A runnable of the manager, so that it runs on the leader only.
+	if err := mgr.Add(ctrlmanager.RunnableFunc(m.sweepOrphans)); err != nil {
 		return nil, err
 	}
 	return m, nil

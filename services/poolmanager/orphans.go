@@ -1,0 +1,119 @@
+package poolmanager
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"boilerhouse.dev/messages"
+)
+
+// Holds that no claim will release. The claim-router acquires a pool instance before it writes
+// the claim's record (its fast path), so a router that dies between the two leaves a hold for a
+// claim life that never existed; a Pending claim that expired while its instance was being
+// acquired or booted leaves one for an Error claim. The orphan sweep retires such instances
+// once their hold is older than Config.OrphanGrace, reading (never writing) the claims bucket.
+
+// Defaults of the orphan sweep.
+const (
+	DefaultOrphanGrace = time.Minute
+	DefaultOrphanSweep = 30 * time.Second
+)
+
+// OrphanedHold decides about the hold of instance by ledger entry e, given the current record
+// of e's claim key (nil: none). orphan: no claim will ever release the instance. settled: the
+// claim life owns it until its release, which retires it, so the hold needs no further check.
+func OrphanedHold(e LedgerEntry, instance string, rec *messages.ClaimRecord) (orphan, settled bool) {
+	switch {
+	case rec == nil || rec.ID != e.ClaimID:
+		return true, false // the life never was written, or has been replaced
+	case rec.Phase == messages.PhasePending, rec.Phase == messages.PhaseReleaseFailed:
+		return false, false // still deciding; ReleaseFailed keeps the instance on purpose
+	case rec.Phase == messages.PhaseError, rec.Phase == messages.PhaseReleased:
+		return true, false // ended: its instance is retired, or should have been
+	default: // Active, Releasing
+		if rec.InstanceID != instance {
+			return true, false // the life went on with another instance
+		}
+		return false, true
+	}
+}
+
+// sweepOrphans runs the orphan sweep every Config.OrphanSweep until ctx ends.
+func (m *Manager) sweepOrphans(ctx context.Context) error {
+	settled := map[string]string{} // instance -> claim id found owning it
+	var claims jetstream.KeyValue
+	t := time.NewTicker(m.cfg.OrphanSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if claims == nil {
+			kv, err := m.js.KeyValue(ctx, messages.BucketClaims)
+			if err != nil {
+				m.log.Warn("orphan sweep: KV bucket "+messages.BucketClaims, "err", err)
+				continue
+			}
+			claims = kv
+		}
+		m.sweepOrphansOnce(ctx, claims, settled, time.Now())
+	}
+}
+
+// sweepOrphansOnce checks every hold older than the grace once (then again only while its
+// claim is Pending or ReleaseFailed) and retires the orphans.
+func (m *Manager) sweepOrphansOnce(ctx context.Context, claims jetstream.KeyValue, settled map[string]string, now time.Time) {
+	held := m.ledger.snapshot()
+	for name := range settled {
+		if e, ok := held[name]; !ok || e.ClaimID != settled[name] {
+			delete(settled, name)
+		}
+	}
+	for name, e := range held {
+		if e.State != StateAcquired || e.ClaimID == "" || e.ClaimKey == "" || now.Sub(e.At) < m.cfg.OrphanGrace || settled[name] == e.ClaimID {
+			continue
+		}
+		rec, err := claimRecord(ctx, claims, e.ClaimKey)
+		if err != nil {
+			if ctx.Err() == nil {
+				m.log.Warn("orphan sweep: read claim", "key", e.ClaimKey, "err", err)
+			}
+			return
+		}
+		orphan, done := OrphanedHold(e, name, rec)
+		if done {
+			settled[name] = e.ClaimID
+		}
+		if !orphan {
+			continue
+		}
+		m.log.Warn("retiring an instance no claim will release", "instance", name, "claim", e.ClaimID, "key", e.ClaimKey, "tenant", e.TenantID)
+		if _, err := m.Retire(ctx, messages.RetireRequest{InstanceID: name, Workload: e.Workload, TenantID: e.TenantID, Reason: "orphaned"}); err != nil && ctx.Err() == nil {
+			m.log.Warn("orphan sweep: retire", "instance", name, "err", err)
+		}
+	}
+}
+
+// claimRecord reads key of the claims bucket; nil when there is none.
+func claimRecord(ctx context.Context, claims jetstream.KeyValue, key string) (*messages.ClaimRecord, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	e, err := claims.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rec messages.ClaimRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return nil, err
+	}
+	return &rec, nil
+}
