@@ -52,6 +52,9 @@ const (
 	pollInterval = time.Second
 	// maxDecisions bounds the read-decide-write loop of one request.
 	maxDecisions = 32
+	// fastAcquireTimeout bounds the acquire of a claim's fast path; a slower
+	// pool-manager is left to the saga, which retries until the deadline.
+	fastAcquireTimeout = 2 * time.Second
 	// handlerGrace is added to the longest wait to get a handler timeout.
 	handlerGrace = 10 * time.Second
 )
@@ -188,7 +191,13 @@ type Router struct {
 
 	hub   *hub
 	sagas *sagaSet
-	slots chan struct{}
+	// flights lets one request at a time start a pair's claim on this
+	// replica, so that concurrent claims of a new pair acquire one instance.
+	flights *flights
+	// poolTried holds the ids of claims whose fast path found no ready
+	// instance: their saga boots without asking the pool again.
+	poolTried sync.Map
+	slots     chan struct{}
 
 	mu       sync.Mutex
 	running  bool
@@ -214,6 +223,7 @@ func New(cfg Config) (*Router, error) {
 		logger:   cfg.Logger.With("service", "claim-router", "replica", cfg.ReplicaID),
 		hub:      newHub(),
 		sagas:    newSagaSet(),
+		flights:  &flights{m: map[string]chan struct{}{}},
 		slots:    make(chan struct{}, cfg.Workers),
 		ready:    make(chan struct{}),
 		stopping: make(chan struct{}),
@@ -418,22 +428,26 @@ func (r *Router) Claim(ctx context.Context, req messages.ClaimRequest) (messages
 		case ClaimWait:
 			waited = cur
 		case ClaimStart:
-			next := NewPending(req, newClaimID(), r.cfg.ReplicaID, now, r.cfg.ClaimTimeout)
-			var e *Entry
-			if cur == nil {
-				e, err = r.store.Create(ctx, next)
-			} else {
-				e, err = r.store.Update(ctx, next, cur.Revision)
+			done, leader := r.flights.join(key)
+			if !leader {
+				// Another request of this replica starts the pair's claim:
+				// decide again on what it wrote.
+				select {
+				case <-done:
+				case <-ctx.Done():
+				}
+				continue
 			}
-			if natsx.IsConflict(err) {
+			e, answer, err := r.start(ctx, req, key, cur)
+			r.flights.leave(key)
+			switch {
+			case err != nil:
+				return zero, err
+			case answer:
+				return e.Record.View(), nil
+			case e == nil:
 				continue // another request won: decide again on its record
 			}
-			if err != nil {
-				return zero, err
-			}
-			r.written(e, "claim")
-			r.logger.Debug("claim started", "key", key, "claim", e.Record.ID, "request", req.RequestID)
-			r.startSaga(*e)
 			waited = e
 		}
 		got, err := r.await(ctx, key, waited.Record.ID, deadline)
@@ -449,6 +463,120 @@ func (r *Router) Claim(ctx context.Context, req messages.ClaimRequest) (messages
 		}
 	}
 	return zero, messages.Errorf(messages.CodeConflict, "the claim of tenant %q on workload %q keeps changing; retry", req.TenantID, req.Workload)
+}
+
+// start begins a new life of key's claim: the fast path first, else a
+// Pending record and its saga. It returns the Active entry with answer set,
+// the Pending entry to wait on, or nil when another request wrote first.
+func (r *Router) start(ctx context.Context, req messages.ClaimRequest, key string, cur *Entry) (*Entry, bool, error) {
+	id := newClaimID()
+	e, outcome, err := r.claimFromPool(ctx, req, key, cur, id)
+	switch outcome {
+	case fastActive:
+		return e, true, nil
+	case fastRetry:
+		return nil, false, nil
+	case fastFailed:
+		return nil, false, err
+	}
+	if outcome == fastCold {
+		r.poolTried.Store(id, struct{}{})
+	}
+	next := NewPending(req, id, r.cfg.ReplicaID, time.Now(), r.cfg.ClaimTimeout)
+	if cur == nil {
+		e, err = r.store.Create(ctx, next)
+	} else {
+		e, err = r.store.Update(ctx, next, cur.Revision)
+	}
+	if natsx.IsConflict(err) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	r.written(e, "claim")
+	r.logger.Debug("claim started", "key", key, "claim", e.Record.ID, "request", req.RequestID)
+	r.startSaga(*e)
+	return e, false, nil
+}
+
+// Outcomes of [Router.claimFromPool].
+type fastOutcome int
+
+const (
+	// fastSaga: take the saga path with the same claim id.
+	fastSaga fastOutcome = iota
+	// fastCold: the saga path, straight to a cold boot: the pool had no
+	// ready instance a moment ago.
+	fastCold
+	// fastActive: the claim is Active.
+	fastActive
+	// fastRetry: another request wrote the record first; decide again.
+	fastRetry
+	// fastFailed: answer the error.
+	fastFailed
+)
+
+// claimFromPool is the fast path of a new claim: a ready pool instance is
+// acquired for claim id first, then the record is written once, Active.
+// A pool claim so costs two flushed writes (the ledger's and the record's)
+// instead of four, and no saga. Everything else takes the saga path with the
+// same id: no ready instance (a cold boot), pool-manager not answering, or an
+// overlay to restore; the saga's acquire then gets the same instance back,
+// acquisition being idempotent per claim id. An instance acquired for a
+// record that was never written (a lost race is retired here; a crash
+// between the two writes) is freed by pool-manager's orphan sweep.
+func (r *Router) claimFromPool(ctx context.Context, req messages.ClaimRequest, key string, cur *Entry, id string) (*Entry, fastOutcome, error) {
+	actx, cancel := context.WithTimeout(ctx, fastAcquireTimeout)
+	inst, err := r.acquire(actx, messages.AcquireRequest{Workload: req.Workload, TenantID: req.TenantID, ClaimKey: key, ClaimID: id})
+	cancel()
+	if messages.CodeOf(err) == messages.CodeNotFound {
+		return nil, fastFailed, messages.Errorf(messages.CodeNotFound, "workload %q not found", req.Workload)
+	}
+	if messages.CodeOf(err) == messages.CodeCapacityExhausted {
+		return nil, fastCold, nil
+	}
+	if err != nil || inst.InstanceID == "" {
+		return nil, fastSaga, nil
+	}
+	now := time.Now()
+	rec := NewPending(req, id, r.cfg.ReplicaID, now, r.cfg.ClaimTimeout)
+	if RestoreDue(rec, inst) {
+		return nil, fastSaga, nil
+	}
+	active, err := Activate(&rec, id, r.cfg.ReplicaID, Obtained{Instance: inst, Source: messages.SourcePool}, now, r.cfg.ClaimTimeout)
+	if err != nil {
+		return nil, fastSaga, nil
+	}
+	wctx, cancel := context.WithTimeout(r.runCtx, kvTimeout)
+	defer cancel()
+	var e *Entry
+	if cur == nil {
+		e, err = r.store.Create(wctx, active)
+	} else {
+		e, err = r.store.Update(wctx, active, cur.Revision)
+	}
+	if err != nil && !natsx.IsConflict(err) {
+		// The write may have happened all the same: look before freeing the
+		// instance. Unknown stays unknown: the orphan sweep decides later.
+		got, gerr := r.store.Get(wctx, key)
+		if gerr != nil {
+			return nil, fastFailed, err
+		}
+		if got != nil && got.Record.ID == id {
+			e, err = got, nil
+		}
+	}
+	if err != nil {
+		r.retireOrphan(active, inst.InstanceID, "orphaned")
+		if natsx.IsConflict(err) {
+			return nil, fastRetry, nil
+		}
+		return nil, fastFailed, err
+	}
+	r.written(e, "activated")
+	r.logger.Debug("claim active", "key", key, "claim", id, "instance", inst.InstanceID, "source", messages.SourcePool, "request", req.RequestID)
+	return e, fastActive, nil
 }
 
 func (r *Router) claimWait(millis int64) time.Duration {
@@ -903,4 +1031,30 @@ func (s *sagaSet) has(key, id string) bool {
 	_, claim := s.running[sagaKey{key, id, messages.PhasePending}]
 	_, release := s.running[sagaKey{key, id, messages.PhaseReleasing}]
 	return claim || release
+}
+
+// flights tracks the keys whose claim a request of this replica is
+// starting.
+type flights struct {
+	mu sync.Mutex
+	m  map[string]chan struct{}
+}
+
+// join makes the caller the leader for key (leader true; it must call
+// leave), or returns the channel closed when the current leader leaves.
+func (f *flights) join(key string) (done <-chan struct{}, leader bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if ch, ok := f.m[key]; ok {
+		return ch, false
+	}
+	f.m[key] = make(chan struct{})
+	return nil, true
+}
+
+func (f *flights) leave(key string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.m[key])
+	delete(f.m, key)
 }

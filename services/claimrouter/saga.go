@@ -321,10 +321,11 @@ func (r *Router) obtain(ctx context.Context, e Entry, detail *atomic.Value) (Obt
 	// A claim that fell back to a cold boot before (Booting: an owner that
 	// took over) boots with the generation its record holds.
 	restoreGen, knownEmpty := rec.RestoredGeneration, false
+	_, poolTried := r.poolTried.LoadAndDelete(rec.ID)
 	if !Booting(rec) {
 		detail.Store(DetailAcquiring)
 		t := &tries{ctx: ctx, dctx: dctx}
-		for {
+		for !poolTried {
 			inst, err := r.acquire(dctx, messages.AcquireRequest{Workload: rec.Workload, TenantID: rec.TenantID, ClaimKey: e.Key, ClaimID: rec.ID})
 			if err == nil {
 				if inst.InstanceID == "" {
