@@ -520,7 +520,7 @@ const (
 // claimFromPool is the fast path of a new claim: a ready pool instance is
 // acquired for claim id first, then the record is written once, Active.
 // A pool claim so costs two flushed writes (the ledger's and the record's)
-// instead of four, and no saga. Everything else takes the saga path with the
+// instead of three, and no saga. Everything else takes the saga path with the
 // same id: no ready instance (a cold boot), pool-manager not answering, or an
 // overlay to restore; the saga's acquire then gets the same instance back,
 // acquisition being idempotent per claim id. An instance acquired for a
