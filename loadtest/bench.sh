@@ -3,7 +3,8 @@
 #   0. the latency floor: pool claims at 20/s through REST and over NATS;
 #   1. pool claims through REST, 200/s for 30 s, a new tenant per claim, with the API server's
 #      write requests per claim counted from its metrics;
-#   2. existing claims through REST, 200/s for 10 s over 100 tenants already claimed;
+#   1a. existing claims through REST, 200/s for 10 s over 100 tenants already claimed, before run 1;
+#   2. the same right after run 1, while the stack still works off its tail (CR mirroring, labels);
 #   3. pool claims over NATS (claim-router directly), 200/s for 10 s;
 #   4. overlays: 20 tenants write 10 MiB, release (extract), claim again (restore), release.
 # The idle-release lag has a script of its own (loadtest/idle.sh, make bench-idle).
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 . loadtest/lib.sh
 RATE=${RATE:-200}
 SECONDS_POOL=${SECONDS_POOL:-30}
-POOL=${POOL:-$((RATE * (SECONDS_POOL + 10) + 400))}
+POOL=${POOL:-$((RATE * (SECONDS_POOL + 10) + 600))}
 out=docs/benchmarks.md
 # NOSYNC=1 runs the same on a stack without per-write flushing, into a block of its own.
 variant=${NOSYNC:+ -no-sync}
@@ -65,13 +66,18 @@ sleep 5
 "$work/loadgen" -target rest -workload bench -rate 20 -duration 5s -prefix floor -out "$sec"
 echo >>"$sec"
 "$work/loadgen" -target nats -workload bench -rate 20 -duration 5s -prefix natsfloor -out "$sec"
+{ echo; echo "### 1a. Existing claims through REST on a steady stack ($RATE/s for 10s over 100 tenants)"; echo; } >>"$sec"
+"$work/loadgen" -target rest -workload bench -rate 20 -duration 5s -prefix steady >/dev/null
+"$work/loadgen" -target rest -workload bench -rate "$RATE" -duration 10s -tenants 100 -prefix steady -out "$sec"
+sleep 5
 { echo; echo "### 1. Pool claims through REST ($RATE/s for ${SECONDS_POOL}s, a new tenant each)"; echo; } >>"$sec"
 api_writes "$kubectl" "$kubeconfig" >"$work/api.before"
 "$work/loadgen" -target rest -workload bench -rate "$RATE" -duration "${SECONDS_POOL}s" -prefix pool -out "$sec"
 api_writes "$kubectl" "$kubeconfig" >"$work/api.after"
 { echo; echo "API server write requests from the start of run 1 to its end (claims, cr-sync mirroring, refills):"; echo;
   api_writes_per_claim "$work/api.before" "$work/api.after" $((RATE * SECONDS_POOL)); } >>"$sec"
-{ echo; echo "### 2. Existing claims through REST ($RATE/s for 10s over 100 tenants)"; echo; } >>"$sec"
+{ echo; echo "### 2. Existing claims through REST right after run 1 ($RATE/s for 10s over 100 tenants)"; echo;
+  echo "The stack is still mirroring run 1's claims as BoilerhouseClaim objects and labelling their Pods."; echo; } >>"$sec"
 "$work/loadgen" -target rest -workload bench -rate 20 -duration 5s -prefix warm >/dev/null
 "$work/loadgen" -target rest -workload bench -rate "$RATE" -duration 10s -tenants 100 -prefix warm -out "$sec"
 { echo; echo "### 3. Pool claims over NATS ($RATE/s for 10s, a new tenant each)"; echo; } >>"$sec"
