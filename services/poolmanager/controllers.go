@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -198,7 +199,7 @@ func (m *Manager) reconcileWorkload(ctx context.Context, req reconcile.Request) 
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	want := WorkloadStatus(&w)
-	if w.Status == want {
+	if equality.Semantic.DeepEqual(w.Status, want) {
 		return reconcile.Result{}, nil
 	}
 	patch := client.MergeFrom(w.DeepCopy())
@@ -318,7 +319,8 @@ func (m *Manager) reconcilePool(ctx context.Context, req reconcile.Request) (rec
 	case len(errs) > 0:
 		st.Detail = errors.Join(errs...).Error()
 	}
-	if st != pool.Status {
+	st.Conditions = WithReady(pool.Status.Conditions, st.Phase == v1alpha1.PoolHealthy, string(st.Phase), st.Detail, pool.Generation)
+	if !equality.Semantic.DeepEqual(st, pool.Status) {
 		patch := client.MergeFrom(pool.DeepCopy())
 		pool.Status = st
 		if err := m.client.Status().Patch(ctx, &pool, patch); err != nil && !apierrors.IsNotFound(err) {

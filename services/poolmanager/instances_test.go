@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -347,8 +349,10 @@ func TestWorkloadStatusReconciled(t *testing.T) {
 	}
 	waitFor(t, 20*time.Second, "workload Error", func() (bool, string) {
 		g := get()
+		c := meta.FindStatusCondition(g.Status.Conditions, v1alpha1.ConditionReady)
 		return g.Status.Phase == v1alpha1.WorkloadError && g.Status.ObservedGeneration == g.Generation &&
-			g.Status.Detail == `either image.ref or image.dockerfile must be set; entrypoint.env["A"] must be a string, got 1`, fmt.Sprintf("%+v", g.Status)
+			g.Status.Detail == `either image.ref or image.dockerfile must be set; entrypoint.env["A"] must be a string, got 1` &&
+			c != nil && c.Status == metav1.ConditionFalse && c.Reason == "Invalid" && c.Message == g.Status.Detail, fmt.Sprintf("%+v", g.Status)
 	})
 	g := get()
 	patch := client.MergeFrom(g.DeepCopy())
@@ -359,7 +363,9 @@ func TestWorkloadStatusReconciled(t *testing.T) {
 	}
 	waitFor(t, 20*time.Second, "workload Ready", func() (bool, string) {
 		g := get()
-		return g.Status.Phase == v1alpha1.WorkloadReady && g.Status.Detail == "" && g.Status.ObservedGeneration == g.Generation && g.Generation > 1,
+		c := meta.FindStatusCondition(g.Status.Conditions, v1alpha1.ConditionReady)
+		return g.Status.Phase == v1alpha1.WorkloadReady && g.Status.Detail == "" && g.Status.ObservedGeneration == g.Generation && g.Generation > 1 &&
+				c != nil && c.Status == metav1.ConditionTrue && c.ObservedGeneration == g.Generation,
 			fmt.Sprintf("generation %d, %+v", g.Generation, g.Status)
 	})
 }

@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -287,7 +288,9 @@ func waitPoolFull(t *testing.T, pool string, size int) {
 		p := getPool(t, pool)
 		ready, warming := unheldPoolPods(t, pool)
 		st := p.Status
-		ok := int(st.Ready) == size && st.Warming == 0 && st.Phase == v1alpha1.PoolHealthy && len(ready) == size && len(warming) == 0
+		c := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionReady)
+		ok := int(st.Ready) == size && st.Warming == 0 && st.Phase == v1alpha1.PoolHealthy && len(ready) == size && len(warming) == 0 &&
+			c != nil && c.Status == metav1.ConditionTrue && c.Reason == string(v1alpha1.PoolHealthy) && c.ObservedGeneration == p.Generation
 		return ok, fmt.Sprintf("status %+v, api ready %d warming %d", st, len(ready), len(warming))
 	})
 }

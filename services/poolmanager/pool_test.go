@@ -9,6 +9,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -166,7 +168,9 @@ func TestPoolErrorWhenWorkloadMissing(t *testing.T) {
 	createPool(t, "orphan-pool", "ghost", 1, nil)
 	waitFor(t, 20*time.Second, "pool Error", func() (bool, string) {
 		st := getPool(t, "orphan-pool").Status
-		return st.Phase == v1alpha1.PoolError && st.Detail == `workload "ghost" not found` && st.Ready == 0, fmt.Sprintf("%+v", st)
+		c := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionReady)
+		return st.Phase == v1alpha1.PoolError && st.Detail == `workload "ghost" not found` && st.Ready == 0 &&
+			c != nil && c.Status == metav1.ConditionFalse && c.Reason == "Error" && c.Message == st.Detail, fmt.Sprintf("%+v", st)
 	})
 	if n := len(listPods(t, map[string]string{v1alpha1.LabelPool: "orphan-pool"})); n != 0 {
 		t.Errorf("%d pods created for a missing workload", n)

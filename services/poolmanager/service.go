@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/api/v1alpha1"
@@ -140,10 +143,25 @@ func PlanPool(spec v1alpha1.PoolSpec, workloadReady bool, pods []PodInfo, held m
 // Error with every problem otherwise.
 func WorkloadStatus(w *v1alpha1.BoilerhouseWorkload) v1alpha1.WorkloadStatus {
 	st := v1alpha1.WorkloadStatus{Phase: v1alpha1.WorkloadReady, ObservedGeneration: w.Generation}
+	reason := "Valid"
 	if err := WorkloadProblem(w); err != nil {
-		st.Phase, st.Detail = v1alpha1.WorkloadError, err.Error()
+		st.Phase, st.Detail, reason = v1alpha1.WorkloadError, err.Error(), "Invalid"
 	}
+	st.Conditions = WithReady(w.Status.Conditions, st.Phase == v1alpha1.WorkloadReady, reason, st.Detail, w.Generation)
 	return st
+}
+
+// WithReady returns a copy of conds with the Ready condition set; its transition time changes
+// only when its status does, so an unchanged status compares equal and is not written again.
+func WithReady(conds []metav1.Condition, ready bool, reason, message string, generation int64) []metav1.Condition {
+	out := slices.Clone(conds)
+	status := metav1.ConditionFalse
+	if ready {
+		status = metav1.ConditionTrue
+	}
+	meta.SetStatusCondition(&out, metav1.Condition{Type: v1alpha1.ConditionReady, Status: status,
+		Reason: reason, Message: message, ObservedGeneration: generation})
+	return out
 }
 
 // WorkloadProblem says why Pods cannot be made of a workload (translate.Validate on its spec,

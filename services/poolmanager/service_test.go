@@ -7,6 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"boilerhouse.dev/messages"
@@ -180,17 +182,27 @@ func TestFailureTracker(t *testing.T) {
 func TestWorkloadStatus(t *testing.T) {
 	w := &v1alpha1.BoilerhouseWorkload{ObjectMeta: metav1.ObjectMeta{Name: "w", Generation: 4}, Spec: v1alpha1.WorkloadSpec{
 		Image: v1alpha1.ImageSpec{Ref: "img"}, Resources: v1alpha1.ResourcesSpec{VCPUs: 1, MemoryMb: 64}}}
-	if got, want := WorkloadStatus(w), (v1alpha1.WorkloadStatus{Phase: v1alpha1.WorkloadReady, ObservedGeneration: 4}); got != want {
-		t.Errorf("valid: %+v, want %+v", got, want)
+	check := func(what string, got v1alpha1.WorkloadStatus, phase v1alpha1.WorkloadPhase, detail string, ready metav1.ConditionStatus, reason string) {
+		t.Helper()
+		if got.Phase != phase || got.Detail != detail || got.ObservedGeneration != 4 {
+			t.Errorf("%s: %+v, want phase %s, detail %q, observedGeneration 4", what, got, phase, detail)
+		}
+		c := meta.FindStatusCondition(got.Conditions, v1alpha1.ConditionReady)
+		if len(got.Conditions) != 1 || c == nil || c.Status != ready || c.Reason != reason || c.Message != detail ||
+			c.ObservedGeneration != 4 || c.LastTransitionTime.IsZero() {
+			t.Errorf("%s: conditions %+v, want Ready %s reason %s", what, got.Conditions, ready, reason)
+		}
+	}
+	valid := WorkloadStatus(w)
+	check("valid", valid, v1alpha1.WorkloadReady, "", metav1.ConditionTrue, "Valid")
+	w.Status = valid
+	if again := WorkloadStatus(w); !equality.Semantic.DeepEqual(again, valid) {
+		t.Errorf("an unchanged workload's status changed: %+v, then %+v", valid, again)
 	}
 	w.Spec.Image.Dockerfile = "Dockerfile"
 	w.Spec.Entrypoint = &v1alpha1.EntrypointSpec{Env: &apiextensionsv1.JSON{Raw: []byte(`[1]`)}}
-	got := WorkloadStatus(w)
-	want := v1alpha1.WorkloadStatus{Phase: v1alpha1.WorkloadError, ObservedGeneration: 4,
-		Detail: "image.ref and image.dockerfile are mutually exclusive; entrypoint.env must be an object of string values"}
-	if got != want {
-		t.Errorf("invalid: %+v, want %+v", got, want)
-	}
+	check("invalid", WorkloadStatus(w), v1alpha1.WorkloadError,
+		"image.ref and image.dockerfile are mutually exclusive; entrypoint.env must be an object of string values", metav1.ConditionFalse, "Invalid")
 }
 
 func TestPodHelpers(t *testing.T) {

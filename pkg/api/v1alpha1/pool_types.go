@@ -49,6 +49,11 @@ type PoolStatus struct {
 	Detail string `json:"detail,omitempty"`
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Conditions: Ready (True when the pool is Healthy; False with the phase as reason).
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
 // BoilerhousePool keeps Pods of a workload warm for fast claims.

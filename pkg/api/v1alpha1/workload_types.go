@@ -214,7 +214,16 @@ type WorkloadStatus struct {
 	Detail string `json:"detail,omitempty"`
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Conditions: Ready (True when Pods can be made of the workload; False, reason Invalid,
+	// with the problems as message).
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
+
+// ConditionReady is the condition type of workload and pool status.
+const ConditionReady = "Ready"
 
 // BoilerhouseWorkload is a container blueprint that tenants claim instances of.
 //
