@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // HeaderError is the NATS message header carried by the reply to a failed
@@ -12,6 +13,16 @@ import (
 // of the subject. (This package has no NATS dependency: services and
 // callers set and read the header with their own client.)
 const HeaderError = "Bh-Error"
+
+// HeaderProgress marks a progress message: a service answering a long
+// request (overlay extract and restore) sends one, with an empty body, to the
+// request's reply subject every [ProgressInterval] until its reply, so that
+// a caller notices a service that died mid-request long before its timeout.
+// Callers skip such messages and wait for the reply.
+const HeaderProgress = "Bh-Progress"
+
+// ProgressInterval is how often progress messages are sent.
+const ProgressInterval = 2 * time.Second
 
 // Code classifies an error so that callers can react to it without parsing
 // messages, and so that the edge can map it to an HTTP status.

@@ -66,6 +66,9 @@ type ServeOptions struct {
 	// Timeout bounds one handler (default 60s).
 	Timeout time.Duration
 	Logger  *slog.Logger
+	// Progress, when set, sends a progress message (messages.HeaderProgress) to the reply
+	// subject at this interval from a request's arrival to its reply; see LongClient.
+	Progress time.Duration
 }
 
 // Serve subscribes e to subject. Each message runs on its own goroutine, at most
@@ -87,9 +90,11 @@ func Serve[Req any](nc *nats.Conn, subject string, e endpoint.Endpoint, opts Ser
 	).ServeMsg(nc)
 	slots := make(chan struct{}, opts.Workers)
 	handle := func(msg *nats.Msg) {
+		done := progress(nc, msg.Reply, opts.Progress)
 		slots <- struct{}{}
 		go func() {
 			defer func() { <-slots }()
+			defer done()
 			serve(msg)
 		}()
 	}
@@ -102,6 +107,30 @@ func Serve[Req any](nc *nats.Conn, subject string, e endpoint.Endpoint, opts Ser
 		return nil, err
 	}
 	return sub, nil
+}
+
+// progress sends progress messages to reply every interval until the returned func is called
+// (a no-op without a reply subject or an interval).
+func progress(nc *nats.Conn, reply string, interval time.Duration) (done func()) {
+	if reply == "" || interval <= 0 {
+		return func() {}
+	}
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				msg := &nats.Msg{Subject: reply, Header: nats.Header{}}
+				msg.Header.Set(messages.HeaderProgress, "1")
+				_ = nc.PublishMsg(msg)
+			}
+		}
+	}()
+	return func() { close(stop) }
 }
 
 func withTimeout(e endpoint.Endpoint, d time.Duration) endpoint.Endpoint {
@@ -135,6 +164,51 @@ func Client[Req, Resp any](nc *nats.Conn, subject string, timeout time.Duration)
 			return zero, transportError(subject, err)
 		}
 		return resp.(Resp), nil
+	}
+}
+
+// LongClient is Client for long requests served with ServeOptions.Progress: it waits up to
+// timeout for the reply, but answers unavailable as soon as idle passes without a progress
+// message, so that a server that died mid-request is noticed in idle, not at timeout.
+func LongClient[Req, Resp any](nc *nats.Conn, subject string, timeout, idle time.Duration) Handler[Req, Resp] {
+	return func(ctx context.Context, req Req) (Resp, error) {
+		var zero Resp
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		body, err := json.Marshal(req)
+		if err != nil {
+			return zero, messages.Errorf(messages.CodeInvalidArgument, "%s: encode request: %v", subject, err)
+		}
+		sub, err := nc.SubscribeSync(nc.NewInbox())
+		if err != nil {
+			return zero, transportError(subject, err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+		if err := nc.PublishMsg(&nats.Msg{Subject: subject, Reply: sub.Subject, Data: body}); err != nil {
+			return zero, transportError(subject, err)
+		}
+		for {
+			wait, stop := context.WithTimeout(ctx, idle)
+			msg, err := sub.NextMsgWithContext(wait)
+			stop()
+			switch {
+			case err != nil && ctx.Err() != nil:
+				return zero, transportError(subject, ctx.Err())
+			case err != nil && wait.Err() != nil:
+				return zero, messages.Errorf(messages.CodeUnavailable, "%s: no progress for %s; the service stopped answering", subject, idle)
+			case err != nil:
+				return zero, transportError(subject, err)
+			case msg.Header.Get(messages.HeaderProgress) != "":
+				continue
+			case len(msg.Data) == 0 && msg.Header.Get("Status") == "503":
+				return zero, transportError(subject, nats.ErrNoResponders)
+			}
+			resp, err := decodeResponse[Resp](ctx, msg)
+			if err != nil {
+				return zero, err
+			}
+			return resp.(Resp), nil
+		}
 	}
 }
 

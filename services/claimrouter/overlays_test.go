@@ -67,7 +67,7 @@ func startTestOverlays(t testing.TB, s *server.Server, pool *testPool) *testOver
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	opts := bus.ServeOptions{Queue: messages.QueueOverlayStore, Workers: 4096, Logger: testLogger()}
+	opts := bus.ServeOptions{Queue: messages.QueueOverlayStore, Workers: 4096, Logger: testLogger(), Progress: messages.ProgressInterval}
 	if _, err := bus.Serve[messages.ExtractRequest](nc, messages.SubjectOverlaysExtract, bus.Endpoint(o.extract), opts); err != nil {
 		t.Fatal(err)
 	}

@@ -101,6 +101,10 @@ type Config struct {
 	// overlay-store; default 5m. A restore is also bounded by the claim's
 	// deadline.
 	OverlayTimeout time.Duration
+	// OverlayIdle: an extract or restore without a progress message from
+	// overlay-store for this long failed (the store died mid-request) and is
+	// retried like any failed call; default 5 progress intervals (10s).
+	OverlayIdle time.Duration
 	// ExtractBackoff is the pause before each retry of a release's failed
 	// extract (or, for destroy, delete); its length is the number of
 	// retries. nil means DefaultExtractBackoff (1s, 4s, 16s); an empty
@@ -135,6 +139,7 @@ func (c Config) withDefaults() (Config, error) {
 		{&c.MaxWait, DefaultMaxWait, "MaxWait"},
 		{&c.CallTimeout, DefaultCallTimeout, "CallTimeout"},
 		{&c.OverlayTimeout, DefaultOverlayTimeout, "OverlayTimeout"},
+		{&c.OverlayIdle, 5 * messages.ProgressInterval, "OverlayIdle"},
 	} {
 		if err := def(f.d, f.v, f.name); err != nil {
 			return c, err
@@ -244,8 +249,8 @@ func New(cfg Config) (*Router, error) {
 	r.acquire = bus.Client[messages.AcquireRequest, messages.Instance](cfg.Conn, messages.SubjectPoolAcquire, cfg.CallTimeout)
 	r.boot = bus.Client[messages.BootRequest, messages.Instance](cfg.Conn, messages.SubjectInstancesBoot, cfg.CallTimeout)
 	r.retire = bus.Client[messages.RetireRequest, messages.RetireReply](cfg.Conn, messages.SubjectInstancesRetire, cfg.CallTimeout)
-	r.restore = bus.Client[messages.RestoreRequest, messages.RestoreReply](cfg.Conn, messages.SubjectOverlaysRestore, cfg.OverlayTimeout)
-	r.extract = bus.Client[messages.ExtractRequest, messages.Snapshot](cfg.Conn, messages.SubjectOverlaysExtract, cfg.OverlayTimeout)
+	r.restore = bus.LongClient[messages.RestoreRequest, messages.RestoreReply](cfg.Conn, messages.SubjectOverlaysRestore, cfg.OverlayTimeout, cfg.OverlayIdle)
+	r.extract = bus.LongClient[messages.ExtractRequest, messages.Snapshot](cfg.Conn, messages.SubjectOverlaysExtract, cfg.OverlayTimeout, cfg.OverlayIdle)
 	r.listOverlays = bus.Client[messages.OverlayListRequest, messages.SnapshotList](cfg.Conn, messages.SubjectOverlaysList, cfg.CallTimeout)
 	r.deleteOverlays = bus.Client[messages.OverlayDeleteRequest, messages.OverlayDeleteReply](cfg.Conn, messages.SubjectOverlaysDelete, cfg.CallTimeout)
 	return r, nil

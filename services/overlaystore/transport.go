@@ -48,6 +48,9 @@ func Serve(nc *nats.Conn, e Endpoints, opts ServeOptions) ([]*nats.Subscription,
 	o := func(timeout time.Duration) bus.ServeOptions {
 		return bus.ServeOptions{Queue: messages.QueueOverlayStore, Workers: opts.Workers, Timeout: timeout, Logger: opts.Logger}
 	}
+	// Transfers send progress, so that the claim-router notices a store that died mid-transfer.
+	transfer := o(opts.TransferTimeout)
+	transfer.Progress = messages.ProgressInterval
 	var out []*nats.Subscription
 	add := func(s *nats.Subscription, err error) error {
 		if err != nil {
@@ -59,10 +62,10 @@ func Serve(nc *nats.Conn, e Endpoints, opts ServeOptions) ([]*nats.Subscription,
 		out = append(out, s)
 		return nil
 	}
-	if err := add(bus.Serve[messages.ExtractRequest](nc, messages.SubjectOverlaysExtract, wrap(e.Extract), o(opts.TransferTimeout))); err != nil {
+	if err := add(bus.Serve[messages.ExtractRequest](nc, messages.SubjectOverlaysExtract, wrap(e.Extract), transfer)); err != nil {
 		return nil, err
 	}
-	if err := add(bus.Serve[messages.RestoreRequest](nc, messages.SubjectOverlaysRestore, wrap(e.Restore), o(opts.TransferTimeout))); err != nil {
+	if err := add(bus.Serve[messages.RestoreRequest](nc, messages.SubjectOverlaysRestore, wrap(e.Restore), transfer)); err != nil {
 		return nil, err
 	}
 	if err := add(bus.Serve[messages.OverlayListRequest](nc, messages.SubjectOverlaysList, wrap(e.List), o(requestTimeout))); err != nil {
