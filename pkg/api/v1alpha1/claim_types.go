@@ -2,16 +2,19 @@ package v1alpha1
 
 import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-// ClaimSpec asks for one instance of a workload for one tenant.
+// ClaimSpec asks for one instance of a workload for one tenant. The pair is fixed for the
+// object's life: cr-sync maps one object to one claim.
 type ClaimSpec struct {
 	// TenantID is a Kubernetes label value: letters, digits, '.', '_' and '-',
 	// at most 63 characters, alphanumeric at both ends.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="tenantId cannot be changed; delete the claim and create another"
 	TenantID string `json:"tenantId"`
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="workloadRef cannot be changed; delete the claim and create another"
 	WorkloadRef string `json:"workloadRef"`
 	// Resume restores the tenant's saved overlay when one exists (default true).
 	// +optional

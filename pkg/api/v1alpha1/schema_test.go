@@ -61,6 +61,30 @@ func TestClaimTenantIDValidatedByAPIServer(t *testing.T) {
 	}
 }
 
+// TestClaimPairImmutable: a claim's tenant and workload cannot be edited; resume can.
+func TestClaimPairImmutable(t *testing.T) {
+	ctx := context.Background()
+	c := claim("immutable", "alice")
+	if err := plane.Client.Create(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	edit := c.DeepCopy()
+	edit.Spec.TenantID = "mallory"
+	if err := plane.Client.Update(ctx, edit); err == nil || !strings.Contains(err.Error(), "tenantId cannot be changed") {
+		t.Errorf("tenantId edit: %v, want rejected", err)
+	}
+	edit = c.DeepCopy()
+	edit.Spec.WorkloadRef = "other"
+	if err := plane.Client.Update(ctx, edit); err == nil || !strings.Contains(err.Error(), "workloadRef cannot be changed") {
+		t.Errorf("workloadRef edit: %v, want rejected", err)
+	}
+	edit = c.DeepCopy()
+	edit.Spec.Resume = new(false)
+	if err := plane.Client.Update(ctx, edit); err != nil {
+		t.Errorf("resume edit rejected: %v", err)
+	}
+}
+
 func TestClaimStatusEnums(t *testing.T) {
 	ctx := context.Background()
 	c := claim("status-enums", "alice")
