@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sort"
 	"sync"
 	"time"
@@ -52,6 +53,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	ctrlmanager "sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -194,6 +196,20 @@ func New(cfg Config) (*Syncer, error) {
 		claim:    bus.Client[messages.ClaimRequest, messages.ClaimView](cfg.NATS, messages.SubjectClaimsClaim, cfg.RequestTimeout),
 		release:  bus.Client[messages.ReleaseRequest, messages.ClaimView](cfg.NATS, messages.SubjectClaimsRelease, 6*cfg.RequestTimeout),
 		ready:    make(chan struct{}),
+	}
+	if cfg.HealthAddr != "0" {
+		if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+			return nil, err
+		}
+		// Ready while NATS is reachable: every replica, leader or not, needs it to take over.
+		if err := mgr.AddReadyzCheck("nats", func(*http.Request) error {
+			if !cfg.NATS.IsConnected() {
+				return errors.New("NATS not connected")
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
 	}
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1alpha1.BoilerhouseClaim{}, indexPair, func(o client.Object) []string {
 		c := o.(*v1alpha1.BoilerhouseClaim)

@@ -3,6 +3,8 @@ package devstack_test
 import (
 	"context"
 	"encoding/json"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,14 +29,19 @@ import (
 	"boilerhouse.dev/services/crsync"
 )
 
-// crsync starts a cr-sync on its own connection; the returned function stops it.
-func (s *system) crsync() (stop func()) {
+// crsync starts a cr-sync on its own connection, its Config changed by tune; the returned
+// function stops it.
+func (s *system) crsync(tune ...func(*crsync.Config)) (stop func()) {
 	s.t.Helper()
 	nc, err := natsx.Connect(s.nats.URL)
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	cs, err := crsync.New(crsync.Config{RestConfig: plane.Config, NATS: nc, Namespace: ns, ResyncInterval: 5 * time.Second})
+	cfg := crsync.Config{RestConfig: plane.Config, NATS: nc, Namespace: ns, ResyncInterval: 5 * time.Second}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	cs, err := crsync.New(cfg)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -55,6 +62,37 @@ func (s *system) crsync() (stop func()) {
 		s.t.Fatal("cr-sync not ready")
 	}
 	return stop
+}
+
+// TestCRSyncHealth: the health listener answers /healthz, and /readyz while NATS is connected.
+func TestCRSyncHealth(t *testing.T) {
+	s := startSystem(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	s.crsync(func(c *crsync.Config) { c.HealthAddr = addr })
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %d, want 200", path, resp.StatusCode)
+		}
+	}
+	s.nats.Stop()
+	eventually(t, "/readyz failing without NATS", 10*time.Second, func() bool {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusInternalServerError
+	})
 }
 
 // TestCRSyncConvergesAfterDowntime: claims and releases made over REST while cr-sync is down
