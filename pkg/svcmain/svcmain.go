@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"syscall"
@@ -127,4 +129,32 @@ func ConnectNATS(url, name string, provision bool, cfg natsx.ProvisionConfig) (*
 		return nil, err
 	}
 	return nc, nil
+}
+
+// WithHealth runs service and, when addr is set (not "" or "0"), an HTTP listener on addr for
+// Kubernetes probes: /healthz answers while the process runs, /readyz while the NATS
+// connection is up (a replica without NATS can serve nothing).
+func WithHealth(addr string, nc *nats.Conn, service func(context.Context) error) func(context.Context) error {
+	if addr == "" || addr == "0" {
+		return service
+	}
+	return func(ctx context.Context) error {
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if !nc.IsConnected() {
+				http.Error(w, "NATS not connected", http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok\n"))
+		})
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("health listener: %w", err)
+		}
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+		return service(ctx)
+	}
 }

@@ -2,6 +2,8 @@ package svcmain
 
 import (
 	"context"
+	"net"
+	"net/http"
 	"testing"
 	"time"
 
@@ -68,5 +70,60 @@ func TestConnectNATSProvisions(t *testing.T) {
 	}
 	if _, err := ConnectNATS(srv.URL, "svcmain-test", true, natsx.ProvisionConfig{Replicas: 9}); err == nil {
 		t.Fatal("invalid provisioning config accepted")
+	}
+}
+
+// TestWithHealth: /healthz answers while the service runs, /readyz only while NATS is connected;
+// the listener goes with the service.
+func TestWithHealth(t *testing.T) {
+	srv := natstest.Start(t, false)
+	nc, err := natsx.Connect(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- WithHealth(addr, nc, func(ctx context.Context) error { <-ctx.Done(); return nil })(ctx)
+	}()
+	status := func(path string) int {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	waitStatus := func(path string, want int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for status(path) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("GET %s: %d, want %d", path, status(path), want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitStatus("/healthz", http.StatusOK)
+	waitStatus("/readyz", http.StatusOK)
+	srv.Stop()
+	waitStatus("/readyz", http.StatusServiceUnavailable)
+	waitStatus("/healthz", http.StatusOK)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if s := status("/healthz"); s != 0 {
+		t.Errorf("listener still answers %d after the service stopped", s)
+	}
+	if run := WithHealth("0", nc, nil); run != nil {
+		t.Error(`WithHealth("0") wraps the service`)
 	}
 }

@@ -14,6 +14,7 @@
 //	-extract-backoff pauses before extract retries      [CLAIM_ROUTER_EXTRACT_BACKOFF, default 1s,4s,16s; "none": no retries]
 //	-provision       create/update buckets and streams  [CLAIM_ROUTER_PROVISION, default true]
 //	-stream-replicas replicas of what -provision makes  [NATS_STREAM_REPLICAS, default 1; 3 in a cluster]
+//	-health-addr     /healthz and /readyz listener      [CLAIM_ROUTER_HEALTH_ADDR, default :9091; 0: none]
 //	-log-level       debug, info, warn or error         [LOG_LEVEL, default info]
 package main
 
@@ -49,6 +50,7 @@ func mainErr(args []string) error {
 		`comma-separated pauses before each retry of a release's failed overlay extract ("none": no retries)`)
 	provision := fs.Bool("provision", svcmain.EnvBool("CLAIM_ROUTER_PROVISION", true), "create or update the KV buckets and streams at start")
 	replicas := fs.Int("stream-replicas", svcmain.EnvInt("NATS_STREAM_REPLICAS", natsx.DefaultReplicas), "replicas of the buckets and streams created by -provision (3 in a cluster)")
+	healthAddr := fs.String("health-addr", svcmain.Env("CLAIM_ROUTER_HEALTH_ADDR", ":9091"), "/healthz and /readyz listener address, 0 for none")
 	level := fs.String("log-level", svcmain.Env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -83,7 +85,7 @@ func mainErr(args []string) error {
 		return err
 	}
 
-	return svcmain.RunUntilSignal(logger, "claim-router", router.Run)
+	return svcmain.RunUntilSignal(logger, "claim-router", svcmain.WithHealth(*healthAddr, nc, router.Run))
 }
 
 // parseDurations reads a comma-separated list of durations; "none" (or

@@ -12,6 +12,7 @@
 //	-stream-replicas replicas of what -provision makes  [NATS_STREAM_REPLICAS, default 1; 3 in a cluster]
 //	-kubeconfig      kubeconfig for probing idle.watchDirs [KUBECONFIG; empty: in-cluster, else watchDirs ignored]
 //	-namespace       namespace of instance Pods         [K8S_NAMESPACE or BOILERHOUSE_NAMESPACE, default boilerhouse]
+//	-health-addr     /healthz and /readyz listener      [IDLE_REAPER_HEALTH_ADDR, default :9091; 0: none]
 //	-log-level       debug, info, warn or error         [LOG_LEVEL, default info]
 package main
 
@@ -41,6 +42,7 @@ func mainErr(args []string) error {
 	replicas := fs.Int("stream-replicas", svcmain.EnvInt("NATS_STREAM_REPLICAS", natsx.DefaultReplicas), "replicas of the buckets and streams created by -provision (3 in a cluster)")
 	kubeconfig := fs.String("kubeconfig", svcmain.Env("KUBECONFIG", ""), "kubeconfig file for probing idle.watchDirs (default: in-cluster configuration; outside a cluster watchDirs are ignored)")
 	namespace := fs.String("namespace", svcmain.Env("K8S_NAMESPACE", svcmain.Env("BOILERHOUSE_NAMESPACE", overlaystore.DefaultNamespace)), "namespace of instance Pods")
+	healthAddr := fs.String("health-addr", svcmain.Env("IDLE_REAPER_HEALTH_ADDR", ":9091"), "/healthz and /readyz listener address, 0 for none")
 	level := fs.String("log-level", svcmain.Env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -68,5 +70,5 @@ func mainErr(args []string) error {
 	if err != nil {
 		return err
 	}
-	return svcmain.RunUntilSignal(logger, "idle-reaper", reaper.Run)
+	return svcmain.RunUntilSignal(logger, "idle-reaper", svcmain.WithHealth(*healthAddr, nc, reaper.Run))
 }

@@ -16,6 +16,7 @@
 //	-workers           concurrent requests per subject            [OVERLAY_STORE_WORKERS, default 32]
 //	-transfer-timeout  bound of one extract or restore            [OVERLAY_STORE_TRANSFER_TIMEOUT, default 10m]
 //	-shutdown-grace    time running transfers get on SIGTERM      [OVERLAY_STORE_SHUTDOWN_GRACE, default 2m]
+//	-health-addr       /healthz and /readyz listener              [OVERLAY_STORE_HEALTH_ADDR, default :9091; 0: none]
 //	-log-level         debug, info, warn or error                 [LOG_LEVEL, default info]
 package main
 
@@ -54,6 +55,7 @@ func mainErr(args []string) error {
 	workers := fs.Int("workers", int(svcmain.EnvInt("OVERLAY_STORE_WORKERS", overlaystore.DefaultWorkers)), "concurrent requests per subject")
 	transfer := fs.Duration("transfer-timeout", svcmain.EnvDuration("OVERLAY_STORE_TRANSFER_TIMEOUT", overlaystore.DefaultTransferTimeout), "bound of one extract or restore")
 	grace := fs.Duration("shutdown-grace", svcmain.EnvDuration("OVERLAY_STORE_SHUTDOWN_GRACE", overlaystore.DefaultShutdownGrace), "time running transfers get to finish on SIGTERM")
+	healthAddr := fs.String("health-addr", svcmain.Env("OVERLAY_STORE_HEALTH_ADDR", ":9091"), "/healthz and /readyz listener address, 0 for none")
 	level := fs.String("log-level", svcmain.Env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -93,5 +95,5 @@ func mainErr(args []string) error {
 		return err
 	}
 
-	return svcmain.RunUntilSignal(logger, "overlay-store", svc.Run)
+	return svcmain.RunUntilSignal(logger, "overlay-store", svcmain.WithHealth(*healthAddr, nc, svc.Run))
 }
