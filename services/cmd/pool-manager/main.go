@@ -16,6 +16,7 @@
 //	-health-addr     /healthz and /readyz listener, 0: none   [POOL_MANAGER_HEALTH_ADDR, default :9091]
 //	-helper-image    image of the overlay helper containers   [OVERLAY_HELPER_IMAGE, default busybox:1.36]
 //	-provision       create/update buckets and streams        [POOL_MANAGER_PROVISION, default true]
+//	-stream-replicas replicas of what -provision makes        [NATS_STREAM_REPLICAS, default 1; 3 in a cluster]
 //	-log-level       debug, info, warn or error               [LOG_LEVEL, default info]
 package main
 
@@ -51,6 +52,7 @@ func mainErr(args []string) error {
 	healthAddr := fs.String("health-addr", svcmain.Env("POOL_MANAGER_HEALTH_ADDR", ":9091"), "health probe listener address, 0 for none")
 	helperImage := fs.String("helper-image", svcmain.Env("OVERLAY_HELPER_IMAGE", overlay.DefaultHelperImage), "image of the overlay helper and restore init containers (needs sh, sleep, tar, touch)")
 	provision := fs.Bool("provision", svcmain.EnvBool("POOL_MANAGER_PROVISION", true), "create or update the KV buckets and streams at start")
+	replicas := fs.Int("stream-replicas", svcmain.EnvInt("NATS_STREAM_REPLICAS", natsx.DefaultReplicas), "replicas of the buckets and streams created by -provision (3 in a cluster)")
 	level := fs.String("log-level", svcmain.Env("LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -65,7 +67,7 @@ func mainErr(args []string) error {
 	if err != nil {
 		return err
 	}
-	nc, err := svcmain.ConnectNATS(*natsURL, "pool-manager", *provision, natsx.ProvisionConfig{})
+	nc, err := svcmain.ConnectNATS(*natsURL, "pool-manager", *provision, natsx.ProvisionConfig{Replicas: *replicas})
 	if err != nil {
 		return err
 	}
