@@ -7,15 +7,20 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"boilerhouse.dev/messages"
+	"boilerhouse.dev/pkg/api/v1alpha1"
 )
 
 // Holds that no claim will release. The claim-router acquires a pool instance before it writes
 // the claim's record (its fast path), so a router that dies between the two leaves a hold for a
 // claim life that never existed; a Pending claim that expired while its instance was being
-// acquired or booted leaves one for an Error claim. The orphan sweep retires such instances
-// once their hold is older than Config.OrphanGrace, reading (never writing) the claims bucket.
+// acquired or booted leaves one for an Error claim; a pool-manager that dies between creating a
+// boot's Pod and writing its hold leaves a tenant Pod with no hold at all. The orphan sweep
+// retires such instances once they are older than Config.OrphanGrace, reading (never writing)
+// the claims bucket.
 
 // Defaults of the orphan sweep.
 const (
@@ -67,9 +72,11 @@ func (m *Manager) sweepOrphans(ctx context.Context) error {
 }
 
 // sweepOrphansOnce checks every hold older than the grace once (then again only while its
-// claim is Pending or ReleaseFailed) and retires the orphans.
+// claim is Pending or ReleaseFailed) and retires the orphans, then the tenant Pods without a
+// hold.
 func (m *Manager) sweepOrphansOnce(ctx context.Context, claims jetstream.KeyValue, settled map[string]string, now time.Time) {
 	held := m.ledger.snapshot()
+	retired := map[string]bool{} // by this sweep: the Pod cache may not show their deletion yet
 	for name := range settled {
 		if e, ok := held[name]; !ok || e.ClaimID != settled[name] {
 			delete(settled, name)
@@ -96,6 +103,58 @@ func (m *Manager) sweepOrphansOnce(ctx context.Context, claims jetstream.KeyValu
 		m.log.Warn("retiring an instance no claim will release", "instance", name, "claim", e.ClaimID, "key", e.ClaimKey, "tenant", e.TenantID)
 		if _, err := m.Retire(ctx, messages.RetireRequest{InstanceID: name, Workload: e.Workload, TenantID: e.TenantID, Reason: "orphaned"}); err != nil && ctx.Err() == nil {
 			m.log.Warn("orphan sweep: retire", "instance", name, "err", err)
+		}
+		retired[name] = true
+	}
+	m.sweepUnheldPods(ctx, claims, now, retired)
+}
+
+// UnheldPodOrphaned decides about a tenant's Pod that has no hold, given the current record of
+// its (tenant, workload) pair (nil: none): an orphan unless that claim is still Pending (its
+// boot may be about to write the hold) or names the Pod.
+func UnheldPodOrphaned(rec *messages.ClaimRecord, instance string) bool {
+	switch {
+	case rec == nil:
+		return true
+	case rec.Phase == messages.PhasePending:
+		return false
+	case rec.InstanceID == instance:
+		return rec.Phase != messages.PhaseActive && rec.Phase != messages.PhaseReleasing && rec.Phase != messages.PhaseReleaseFailed
+	}
+	return true
+}
+
+// sweepUnheldPods retires tenant Pods older than the grace that no hold accounts for: a boot
+// whose pool-manager died between creating the Pod and writing its hold, for a claim that then
+// ended. The hold is checked in the bucket, not only in this replica's view, before anything is
+// deleted.
+func (m *Manager) sweepUnheldPods(ctx context.Context, claims jetstream.KeyValue, now time.Time, skip map[string]bool) {
+	var list corev1.PodList
+	if err := m.client.List(ctx, &list, client.InNamespace(m.cfg.Namespace), client.HasLabels{v1alpha1.LabelTenant},
+		client.UnsafeDisableDeepCopy); err != nil {
+		m.log.Warn("orphan sweep: list tenant pods", "err", err)
+		return
+	}
+	for i := range list.Items {
+		p := &list.Items[i]
+		tenant, workload := p.Labels[v1alpha1.LabelTenant], p.Labels[v1alpha1.LabelWorkload]
+		if p.DeletionTimestamp != nil || skip[p.Name] || workload == "" || now.Sub(p.CreationTimestamp.Time) < m.cfg.OrphanGrace || m.ledger.Held(p.Name) {
+			continue
+		}
+		if _, held, err := m.ledger.Read(ctx, p.Name); err != nil || held {
+			continue
+		}
+		rec, err := claimRecord(ctx, claims, messages.ClaimKey(tenant, workload))
+		if err != nil {
+			m.log.Warn("orphan sweep: read claim", "tenant", tenant, "workload", workload, "err", err)
+			return
+		}
+		if !UnheldPodOrphaned(rec, p.Name) {
+			continue
+		}
+		m.log.Warn("deleting a tenant pod that no hold or claim accounts for", "instance", p.Name, "tenant", tenant, "workload", workload)
+		if err := m.deletePod(ctx, p.Name); err != nil && ctx.Err() == nil {
+			m.log.Warn("orphan sweep: delete pod", "instance", p.Name, "err", err)
 		}
 	}
 }
