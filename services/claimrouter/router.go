@@ -487,12 +487,7 @@ func (r *Router) start(ctx context.Context, req messages.ClaimRequest, key strin
 	if outcome == fastCold {
 		r.poolTried.Store(id, struct{}{})
 	}
-	next := NewPending(req, id, r.cfg.ReplicaID, time.Now(), r.cfg.ClaimTimeout)
-	if cur == nil {
-		e, err = r.store.Create(ctx, next)
-	} else {
-		e, err = r.store.Update(ctx, next, cur.Revision)
-	}
+	e, err = r.store.Write(ctx, NewPending(req, id, r.cfg.ReplicaID, time.Now(), r.cfg.ClaimTimeout), cur)
 	if natsx.IsConflict(err) {
 		return nil, false, nil
 	}
@@ -555,12 +550,7 @@ func (r *Router) claimFromPool(ctx context.Context, req messages.ClaimRequest, k
 	}
 	wctx, cancel := context.WithTimeout(r.runCtx, kvTimeout)
 	defer cancel()
-	var e *Entry
-	if cur == nil {
-		e, err = r.store.Create(wctx, active)
-	} else {
-		e, err = r.store.Update(wctx, active, cur.Revision)
-	}
+	e, err := r.store.Write(wctx, active, cur)
 	if err != nil && !natsx.IsConflict(err) {
 		// The write may have happened all the same: look before freeing the
 		// instance. Unknown stays unknown: the orphan sweep decides later.

@@ -102,6 +102,15 @@ func (s *Store) Update(ctx context.Context, rec messages.ClaimRecord, rev uint64
 }
 
 // Delete removes the record of key if it is still at revision rev.
+// Write writes rec over cur, the entry read before deciding: Create when there was none,
+// else Update at its revision. A conflict means another writer came first.
+func (s *Store) Write(ctx context.Context, rec messages.ClaimRecord, cur *Entry) (*Entry, error) {
+	if cur == nil {
+		return s.Create(ctx, rec)
+	}
+	return s.Update(ctx, rec, cur.Revision)
+}
+
 func (s *Store) Delete(ctx context.Context, key string, rev uint64) error {
 	if err := s.kv.Delete(ctx, key, jetstream.LastRevision(rev)); err != nil {
 		return storeError("delete", key, err)
@@ -126,20 +135,11 @@ func (s *Store) Transition(ctx context.Context, key string, step func(cur *messa
 		if err != nil {
 			return nil, nil, err
 		}
-		var rec *messages.ClaimRecord
-		if cur != nil {
-			rec = &cur.Record
-		}
-		next, err := step(rec)
+		next, err := step(recordOf(cur))
 		if err != nil {
 			return nil, cur, err
 		}
-		var written *Entry
-		if cur == nil {
-			written, err = s.Create(ctx, next)
-		} else {
-			written, err = s.Update(ctx, next, cur.Revision)
-		}
+		written, err := s.Write(ctx, next, cur)
 		if err == nil {
 			return written, cur, nil
 		}
