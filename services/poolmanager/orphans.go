@@ -28,23 +28,31 @@ const (
 	DefaultOrphanSweep = 30 * time.Second
 )
 
-// OrphanedHold decides about the hold of instance by ledger entry e, given the current record
-// of e's claim key (nil: none). orphan: no claim will ever release the instance. settled: the
-// claim life owns it until its release, which retires it, so the hold needs no further check.
-func OrphanedHold(e LedgerEntry, instance string, rec *messages.ClaimRecord) (orphan, settled bool) {
-	switch {
-	case rec == nil || rec.ID != e.ClaimID:
-		return true, false // the life never was written, or has been replaced
-	case rec.Phase == messages.PhasePending, rec.Phase == messages.PhaseReleaseFailed:
-		return false, false // still deciding; ReleaseFailed keeps the instance on purpose
-	case rec.Phase == messages.PhaseError, rec.Phase == messages.PhaseReleased:
-		return true, false // ended: its instance is retired, or should have been
-	default: // Active, Releasing
-		if rec.InstanceID != instance {
-			return true, false // the life went on with another instance
-		}
-		return false, true
+// mayOwn reports whether rec, the current claim of a pair (nil: none), holds instance or may
+// still come to hold one (Pending). ReleaseFailed keeps its instance on purpose; Error and
+// Released ones were retired, or should have been.
+func mayOwn(rec *messages.ClaimRecord, instance string) bool {
+	if rec == nil {
+		return false
 	}
+	switch rec.Phase {
+	case messages.PhasePending:
+		return true
+	case messages.PhaseActive, messages.PhaseReleasing, messages.PhaseReleaseFailed:
+		return rec.InstanceID == instance
+	}
+	return false
+}
+
+// OrphanedHold decides about the hold of instance by ledger entry e, given the current record
+// of e's claim key (nil: none). orphan: no claim will ever release the instance (the life was
+// never written, was replaced, ended, or went on with another instance). settled: the claim
+// life owns it until its release, which retires it, so the hold needs no further check.
+func OrphanedHold(e LedgerEntry, instance string, rec *messages.ClaimRecord) (orphan, settled bool) {
+	if rec == nil || rec.ID != e.ClaimID || !mayOwn(rec, instance) {
+		return true, false
+	}
+	return false, rec.Phase == messages.PhaseActive || rec.Phase == messages.PhaseReleasing
 }
 
 // sweepOrphans runs the orphan sweep every Config.OrphanSweep until ctx ends.
@@ -110,18 +118,10 @@ func (m *Manager) sweepOrphansOnce(ctx context.Context, claims jetstream.KeyValu
 }
 
 // UnheldPodOrphaned decides about a tenant's Pod that has no hold, given the current record of
-// its (tenant, workload) pair (nil: none): an orphan unless that claim is still Pending (its
-// boot may be about to write the hold) or names the Pod.
+// its (tenant, workload) pair: an orphan unless that claim may own it (a Pending claim's boot
+// may be about to write the hold).
 func UnheldPodOrphaned(rec *messages.ClaimRecord, instance string) bool {
-	switch {
-	case rec == nil:
-		return true
-	case rec.Phase == messages.PhasePending:
-		return false
-	case rec.InstanceID == instance:
-		return rec.Phase != messages.PhaseActive && rec.Phase != messages.PhaseReleasing && rec.Phase != messages.PhaseReleaseFailed
-	}
-	return true
+	return !mayOwn(rec, instance)
 }
 
 // sweepUnheldPods retires tenant Pods older than the grace that no hold accounts for: a boot
