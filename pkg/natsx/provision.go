@@ -117,7 +117,7 @@ func bucketConfigs(c ProvisionConfig) []jetstream.KeyValueConfig {
 // buckets are the truth and every consumer reconciles from them, so a
 // single-replica events stream persists asynchronously: under SyncAlways
 // each event would otherwise cost an fsync that competes with the claim
-// path's own (two events per claim). Replicated streams cannot use the
+// path's own (an event per claim transition). Replicated streams cannot use the
 // async mode, and are flushed by their Raft log anyway.
 func eventsStreamConfig(c ProvisionConfig) jetstream.StreamConfig {
 	persist := jetstream.DefaultPersistMode

@@ -128,6 +128,7 @@ func (r *Router) startSaga(e Entry) {
 // over, expired) or the router stops; the record is then left for whoever
 // owns it.
 func (r *Router) runSaga(e Entry) {
+	defer r.poolTried.Delete(e.Record.ID) // a saga stopped before obtain leaves no entry behind
 	ctx, cancel := context.WithCancel(r.runCtx)
 	defer cancel()
 	var detail atomic.Value
