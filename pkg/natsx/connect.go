@@ -46,6 +46,15 @@ func Connect(url string, opts ...nats.Option) (*nats.Conn, error) {
 	return nc, nil
 }
 
+// Ready is the readiness check of a service: nil while nc is connected, so that a replica that
+// lost NATS, and can serve nothing, is taken out of rotation.
+func Ready(nc *nats.Conn) error {
+	if !nc.IsConnected() {
+		return fmt.Errorf("natsx: NATS not connected (%s)", nc.Status())
+	}
+	return nil
+}
+
 // ConnectInProcess connects to an embedded server without a network socket,
 // with the same defaults as [Connect].
 func ConnectInProcess(s *server.Server, opts ...nats.Option) (*nats.Conn, error) {

@@ -142,8 +142,8 @@ func WithHealth(addr string, nc *nats.Conn, service func(context.Context) error)
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if !nc.IsConnected() {
-				http.Error(w, "NATS not connected", http.StatusServiceUnavailable)
+			if err := natsx.Ready(nc); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
 				return
 			}
 			_, _ = w.Write([]byte("ok\n"))

@@ -64,6 +64,7 @@ import (
 	"boilerhouse.dev/pkg/api/v1alpha1"
 	"boilerhouse.dev/pkg/bus"
 	"boilerhouse.dev/pkg/naming"
+	"boilerhouse.dev/pkg/natsx"
 )
 
 // Defaults for zero Config fields.
@@ -202,12 +203,7 @@ func New(cfg Config) (*Syncer, error) {
 			return nil, err
 		}
 		// Ready while NATS is reachable: every replica, leader or not, needs it to take over.
-		if err := mgr.AddReadyzCheck("nats", func(*http.Request) error {
-			if !cfg.NATS.IsConnected() {
-				return errors.New("NATS not connected")
-			}
-			return nil
-		}); err != nil {
+		if err := mgr.AddReadyzCheck("nats", func(*http.Request) error { return natsx.Ready(cfg.NATS) }); err != nil {
 			return nil, err
 		}
 	}
