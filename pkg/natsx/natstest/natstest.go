@@ -45,13 +45,6 @@ func Start(t testing.TB, syncAlways bool) *Server {
 	return n
 }
 
-// Server returns the running server (nil while stopped).
-func (n *Server) Server() *server.Server {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.srv
-}
-
 // Stop shuts the server down; every client starts reconnecting. Stopping twice is harmless.
 func (n *Server) Stop() {
 	n.mu.Lock()
