@@ -1,7 +1,8 @@
 # Boilerhouse: `make run` starts the whole system locally, `make test` runs every test.
 SHELL := /bin/bash
 MODULES := messages pkg services tools loadtest
-CACHE ?= $(HOME)/.cache/boilerhouse
+# The same cache as tools/controlplane/install.sh and the dev stack (Go's os.UserCacheDir).
+CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/boilerhouse
 CONTROLLER_GEN_VERSION := v0.23.0
 CONTROLLER_GEN := $(CACHE)/bin/controller-gen-$(CONTROLLER_GEN_VERSION)
 NATSCLI_VERSION := v0.5.0
