@@ -26,6 +26,7 @@ sec=$work/section.md
 start_stack "$work" 3000 -examples=true ${PPROF:+-pprof $PPROF} ${NOSYNC:+-no-sync}
 kubectl=$work/.devstack/bin/kubectl
 kubeconfig=$work/.devstack/kubeconfig
+store=$work/.devstack/nats # JetStream's store: loadgen measures fsync on its disk during runs
 # A workload of its own with a slow readiness period: the dev node probes every Pod for real,
 # and thousands of Pods probed every 2 s would measure the dev node, not the claim path.
 curl -sf -X POST localhost:3000/api/v1/workloads -H 'Content-Type: application/json' -d '{"name":"bench","spec":{
@@ -63,7 +64,7 @@ sleep 5
   echo "### 0. Latency floor: pool claims at 20/s (REST, then NATS), a new tenant each"
   echo
 } >"$sec"
-"$work/loadgen" -target rest -workload bench -rate 20 -duration 5s -prefix floor -out "$sec"
+"$work/loadgen" -target rest -workload bench -rate 20 -duration 5s -prefix floor -fsync-probe "$store" -out "$sec"
 echo >>"$sec"
 "$work/loadgen" -target nats -workload bench -rate 20 -duration 5s -prefix natsfloor -out "$sec"
 { echo; echo "### 1a. Existing claims through REST on a steady stack ($RATE/s for 10s over 100 tenants)"; echo; } >>"$sec"
@@ -72,7 +73,7 @@ echo >>"$sec"
 sleep 5
 { echo; echo "### 1. Pool claims through REST ($RATE/s for ${SECONDS_POOL}s, a new tenant each)"; echo; } >>"$sec"
 api_writes "$kubectl" "$kubeconfig" >"$work/api.before"
-"$work/loadgen" -target rest -workload bench -rate "$RATE" -duration "${SECONDS_POOL}s" -prefix pool -out "$sec"
+"$work/loadgen" -target rest -workload bench -rate "$RATE" -duration "${SECONDS_POOL}s" -prefix pool -fsync-probe "$store" -timeline 5s -out "$sec"
 api_writes "$kubectl" "$kubeconfig" >"$work/api.after"
 { echo; echo "API server write requests from the start of run 1 to its end (claims, cr-sync mirroring, refills):"; echo;
   api_writes_per_claim "$work/api.before" "$work/api.after" $((RATE * SECONDS_POOL)); } >>"$sec"
@@ -81,7 +82,7 @@ api_writes "$kubectl" "$kubeconfig" >"$work/api.after"
 "$work/loadgen" -target rest -workload bench -rate 20 -duration 5s -prefix warm >/dev/null
 "$work/loadgen" -target rest -workload bench -rate "$RATE" -duration 10s -tenants 100 -prefix warm -out "$sec"
 { echo; echo "### 3. Pool claims over NATS ($RATE/s for 10s, a new tenant each)"; echo; } >>"$sec"
-"$work/loadgen" -target nats -workload bench -rate "$RATE" -duration 10s -prefix natspool -out "$sec"
+"$work/loadgen" -target nats -workload bench -rate "$RATE" -duration 10s -prefix natspool -fsync-probe "$store" -out "$sec"
 { echo; echo "### 4. Overlays: 10 MiB per tenant (20 tenants, 2/s): release with extraction, then the restoring claim"; echo; } >>"$sec"
 curl -sf -X PUT localhost:3000/api/v1/pools/demo -H 'Content-Type: application/json' \
   -d '{"name":"demo","spec":{"workloadRef":"demo","size":25,"maxFillConcurrency":10}}' >/dev/null

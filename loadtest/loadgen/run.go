@@ -57,7 +57,7 @@ func Run(ctx context.Context, c Client, sc Scenario, rec *Recorder) time.Duratio
 			defer func() { <-slots }()
 			tenant := sc.Tenants(i)
 			source, code := c.Claim(ctx, tenant, sc.Workload)
-			rec.Add(Sample{Op: "claim", Source: source, Code: code, Latency: time.Since(due)})
+			rec.Add(Sample{Op: "claim", Source: source, Code: code, Latency: time.Since(due), At: due.Sub(start)})
 			if sc.Release && code == "" {
 				t0 := time.Now()
 				rc := c.Release(ctx, tenant, sc.Workload)

@@ -18,6 +18,7 @@ type Sample struct {
 	Source  string // claim source, "" for releases and errors
 	Code    string // "" on success, else the error code or HTTP status
 	Latency time.Duration
+	At      time.Duration // scheduled start, from the start of the run
 }
 
 // Recorder collects samples from many goroutines.
@@ -118,3 +119,30 @@ func WriteTable(w io.Writer, groups []Summary) {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+
+// WriteTimeline prints successful claims' latency per interval of their scheduled start, to
+// show whether a tail is spread over the run or comes in stalls.
+func (r *Recorder) WriteTimeline(w io.Writer, interval time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	buckets := map[int][]time.Duration{}
+	last := 0
+	for _, s := range r.samples {
+		if s.Code != "" || s.Op != "claim" {
+			continue
+		}
+		b := int(s.At / interval)
+		buckets[b] = append(buckets[b], s.Latency)
+		last = max(last, b)
+	}
+	fmt.Fprintf(w, "| from | count | p50 | p99 | max |\n|---|---|---|---|---|\n")
+	for b := 0; b <= last; b++ {
+		ds := buckets[b]
+		if len(ds) == 0 {
+			continue
+		}
+		slices.Sort(ds)
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %s |\n", time.Duration(b)*interval, len(ds),
+			ms(Percentile(ds, 50)), ms(Percentile(ds, 99)), ms(ds[len(ds)-1]))
+	}
+}

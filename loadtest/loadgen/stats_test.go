@@ -48,3 +48,19 @@ func TestSummariseGroupsBySourceAndCountsErrors(t *testing.T) {
 		t.Fatalf("markdown:\n%s", b.String())
 	}
 }
+
+func TestTimeline(t *testing.T) {
+	var r Recorder
+	r.Add(Sample{Op: "claim", Source: "pool", Latency: 2 * time.Millisecond, At: 100 * time.Millisecond})
+	r.Add(Sample{Op: "claim", Source: "pool", Latency: 4 * time.Millisecond, At: 900 * time.Millisecond})
+	r.Add(Sample{Op: "claim", Code: "503", At: 1100 * time.Millisecond})
+	r.Add(Sample{Op: "claim", Source: "pool", Latency: 300 * time.Millisecond, At: 2500 * time.Millisecond})
+	var b strings.Builder
+	r.WriteTimeline(&b, time.Second)
+	want := "| from | count | p50 | p99 | max |\n|---|---|---|---|---|\n" +
+		"| 0s | 2 | 2.00 ms | 4.00 ms | 4.00 ms |\n" +
+		"| 2s | 1 | 300.00 ms | 300.00 ms | 300.00 ms |\n"
+	if b.String() != want {
+		t.Fatalf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}

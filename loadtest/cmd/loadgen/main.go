@@ -33,6 +33,8 @@ func main() {
 	idleClaims := flag.Int("idle-claims", 0, "idle scenario: claim this many new tenants at -rate (the workload needs idle.timeoutSeconds), "+
 		"touch none of them, and measure each release lag from its idle deadline to Releasing (watches the KV buckets over -nats)")
 	idleGrace := flag.Duration("idle-grace", time.Minute, "idle scenario: how long releases are waited for after the last deadline")
+	fsyncDir := flag.String("fsync-probe", "", "also measure fsync latency in this directory (the NATS store's) during the run")
+	timeline := flag.Duration("timeline", 0, "also print claim latency per interval of the run (0: no)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -79,6 +81,12 @@ func main() {
 	}
 	var rec loadgen.Recorder
 	var elapsed time.Duration
+	var probe *loadgen.FsyncProbe
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	defer stopProbe()
+	if *fsyncDir != "" {
+		probe = loadgen.StartFsyncProbe(probeCtx, *fsyncDir, 10*time.Millisecond)
+	}
 	if *dataBytes > 0 {
 		w, ok := client.(loadgen.Writer)
 		if !ok {
@@ -95,6 +103,17 @@ func main() {
 
 	var b strings.Builder
 	rep.WriteMarkdown(&b)
+	if probe != nil {
+		stopProbe()
+		if err := probe.Wait(&b); err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			os.Exit(1)
+		}
+	}
+	if *timeline > 0 {
+		fmt.Fprintf(&b, "\nper %s of the run, by scheduled start:\n\n", *timeline)
+		rec.WriteTimeline(&b, *timeline)
+	}
 	emit(b.String(), *out)
 	if rep.OK == 0 {
 		os.Exit(1)

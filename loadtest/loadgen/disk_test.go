@@ -1,0 +1,28 @@
+package loadgen
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFsyncProbe(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	p := StartFsyncProbe(ctx, t.TempDir(), 5*time.Millisecond)
+	var b strings.Builder
+	if err := p.Wait(&b); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.lat) < 5 || !strings.Contains(b.String(), "p99") {
+		t.Fatalf("%d samples, line %q", len(p.lat), b.String())
+	}
+}
+
+func TestFsyncProbeMissingDir(t *testing.T) {
+	p := StartFsyncProbe(context.Background(), t.TempDir()+"/missing", time.Millisecond)
+	if err := p.Wait(&strings.Builder{}); err == nil {
+		t.Fatal("no error for a missing directory")
+	}
+}
