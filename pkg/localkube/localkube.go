@@ -35,6 +35,10 @@ type Options struct {
 	Namespaces []string
 	// Output shows the control plane's own logs on stdout/stderr.
 	Output bool
+	// Nice, when positive, lowers the CPU priority of etcd and kube-apiserver to this nice
+	// value (Linux). The dev stack uses it so that, on a small machine, the product it runs
+	// comes before the control plane, as on a cluster whose API server has machines of its own.
+	Nice int
 }
 
 // Plane is a running etcd + kube-apiserver.
@@ -131,6 +135,12 @@ func Start(ctx context.Context, opts Options) (*Plane, error) {
 		return nil, fmt.Errorf("localkube: start control plane: %w", err)
 	}
 	p := &Plane{Config: cfg, Scheme: scheme, env: env, Kubeconfig: opts.Kubeconfig}
+	if opts.Nice > 0 {
+		if err := renice(assets, opts.Nice); err != nil {
+			_ = p.Stop()
+			return nil, err
+		}
+	}
 	if p.Client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
 		_ = p.Stop()
 		return nil, err

@@ -48,7 +48,9 @@ type Config struct {
 	NoSync bool
 	// Examples applies deploy/examples once the services run.
 	Examples bool
-	Logger   *slog.Logger
+	// ControlPlaneNice is the nice value of the local etcd and kube-apiserver (0: unchanged).
+	ControlPlaneNice int
+	Logger           *slog.Logger
 	// Ready, if set, is called once everything serves.
 	Ready func(Info)
 }
@@ -211,6 +213,7 @@ func startKube(ctx context.Context, cfg Config) (*kube, error) {
 	plane, err := localkube.Start(ctx, localkube.Options{
 		CRDDir:     filepath.Join(cfg.Root, "deploy", "crds"),
 		Kubeconfig: filepath.Join(cfg.StateDir, "kubeconfig"),
+		Nice:       cfg.ControlPlaneNice,
 	})
 	if err != nil {
 		return nil, err

@@ -39,6 +39,9 @@ func main() {
 	flag.StringVar(&cfg.Namespace, "namespace", "boilerhouse", "namespace of managed objects")
 	flag.BoolVar(&cfg.Examples, "examples", true, "apply deploy/examples")
 	flag.BoolVar(&cfg.NoSync, "no-sync", false, "do not flush every JetStream write (measurement only: loses acknowledged writes on power loss)")
+	// On a cluster the API server has machines of its own; here it shares the cores with the
+	// claim path, which at 200 claims/s it would slow (docs/benchmarks.md).
+	flag.IntVar(&cfg.ControlPlaneNice, "control-plane-nice", 19, "nice value of the local etcd and kube-apiserver (0: unchanged)")
 	jsonLogs := flag.Bool("json", false, "JSON logs")
 	pprofAddr := flag.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060)")
 	flag.Parse()
