@@ -2,7 +2,8 @@
 # The standard benchmark (make bench): a fresh dev stack, a pool sized for the load, then
 #   0. the latency floor: pool claims at 20/s through REST and over NATS;
 #   1. pool claims through REST, 200/s for 30 s, a new tenant per claim, with the API server's
-#      write requests per claim counted from its metrics;
+#      write requests per claim counted from its metrics, fsync latency on the NATS store's disk,
+#      and how long the Pods' tenant labels lag behind;
 #   1a. existing claims through REST, 200/s for 10 s over 100 tenants already claimed, before run 1;
 #   2. the same right after run 1, while the stack still works off its tail (CR mirroring, labels);
 #   3. pool claims over NATS (claim-router directly), 200/s for 10 s;
@@ -55,7 +56,9 @@ sleep 5
   echo
   echo "Written by \`make bench\` (loadtest/bench.sh) on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(go version | cut -d' ' -f3)."
   echo "One process runs everything (\`make run\`'s binary): embedded NATS with $([ -n "${NOSYNC:-}" ] && echo "periodic flushing (-no-sync)" || echo SyncAlways), services"
-  echo "connected to it over TCP, a local kube-apiserver and etcd, the dev node, all services. The load"
+  echo "connected to it over TCP, a local kube-apiserver and etcd at nice 19 (the dev stack's"
+  echo "-control-plane-nice: a cluster's API server has machines of its own), the dev node, all services;"
+  echo "GOGC 400 (the dev stack's default). The load"
   echo "generator is open-loop: latency counts from each claim's scheduled start. The pool's $POOL Pods"
   echo "filled in ${fill}s before the runs (maxFillConcurrency 200), then its maxFillConcurrency was set"
   echo "to ${REFILL:-4} so that refills do not starve the claim path of CPU on this shared machine."
@@ -77,6 +80,9 @@ api_writes "$kubectl" "$kubeconfig" >"$work/api.before"
 api_writes "$kubectl" "$kubeconfig" >"$work/api.after"
 { echo; echo "API server write requests from the start of run 1 to its end (claims, cr-sync mirroring, refills):"; echo;
   api_writes_per_claim "$work/api.before" "$work/api.after" $((RATE * SECONDS_POOL)); } >>"$sec"
+# Pod labels follow claims asynchronously, from the control plane that runs at nice 19 here.
+lag=$(label_lag "$kubectl" "$kubeconfig" pool- $((RATE * SECONDS_POOL)))
+{ echo; echo "Every Pod claimed in run 1 carried its tenant label ${lag} after the run ended."; } >>"$sec"
 { echo; echo "### 2. Existing claims through REST right after run 1 ($RATE/s for 10s over 100 tenants)"; echo;
   echo "The stack is still mirroring run 1's claims as BoilerhouseClaim objects and labelling their Pods."; echo; } >>"$sec"
 "$work/loadgen" -target rest -workload bench -rate 20 -duration 5s -prefix warm >/dev/null
