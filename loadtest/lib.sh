@@ -6,6 +6,11 @@
 start_stack() {
   local work=$1 port=$2
   shift 2
+  # Another stack on the port would answer the readiness check below and take the load.
+  if curl -sf "localhost:$port/api/v1/health" >/dev/null; then
+    echo "something already serves localhost:$port; stop it first" >&2
+    return 1
+  fi
   go build -o "$work/devstack" ./tools/cmd/devstack
   go build -o "$work/loadgen" ./loadtest/cmd/loadgen
   "$work/devstack" -state "$work/.devstack" -http ":$port" "$@" >"$work/stdout" 2>"$work/stack.log" &
