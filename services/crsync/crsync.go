@@ -16,8 +16,8 @@
 //   - One object acts per pair: the oldest (creation time, then name). Any other object naming
 //     the same pair gets phase Error with a detail naming the acting one, and never claims or
 //     releases anything.
-//   - Anti-entropy at start and every ResyncInterval: every pair with a record or an object is
-//     reconciled: missing objects are created for non-terminal records, stale status is fixed,
+//   - Anti-entropy at start and ResyncInterval after each pass ends: every pair with a record or
+//     an object is reconciled, at most ResyncRate pairs a second: missing objects are created for non-terminal records, stale status is fixed,
 //     objects whose record vanished are marked. cr-sync releases a claim only when its object
 //     is deleted, never on its own.
 //
@@ -39,6 +39,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -71,6 +72,10 @@ import (
 const (
 	DefaultNamespace      = "boilerhouse"
 	DefaultResyncInterval = 30 * time.Second
+	// ResyncRate bounds how fast anti-entropy enqueues pairs. Each pair's reconcile reads its
+	// record from the claims bucket; all of them at once, every interval, stalled the claim
+	// path that shares the bucket (tens of thousands of reads in a burst).
+	ResyncRate = 200
 	// DefaultClaimWait is the WaitMillis of the claim requests cr-sync sends.
 	DefaultClaimWait = 200 * time.Millisecond
 	// LeaderElectionID names the Lease the replicas compete for.
@@ -271,14 +276,13 @@ const recordBatch = 200 * time.Millisecond
 // ResyncInterval. The watch restarts when it ends while ctx lives.
 func (s *Syncer) feed(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 	go func() {
-		t := time.NewTicker(s.cfg.ResyncInterval)
-		defer t.Stop()
+		limit := rate.NewLimiter(ResyncRate, ResyncRate/4)
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
-				s.resync(ctx, q)
+			case <-time.After(s.cfg.ResyncInterval):
+				s.resync(ctx, q, limit)
 			}
 		}
 	}()
@@ -304,12 +308,13 @@ func (s *Syncer) feed(ctx context.Context, q workqueue.TypedRateLimitingInterfac
 	}
 }
 
-// resync enqueues every pair with a record or an object.
-func (s *Syncer) resync(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+// resync enqueues every pair with a record or an object, no faster than limit allows.
+func (s *Syncer) resync(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], limit *rate.Limiter) {
+	pairs := map[string]bool{}
 	keys, err := s.kv.ListKeys(ctx)
 	if err == nil {
 		for k := range keys.Keys() {
-			q.Add(s.request(k))
+			pairs[k] = true
 		}
 	} else if !errors.Is(err, jetstream.ErrNoKeysFound) {
 		s.log.Warn("resync: listing claim keys", "err", err)
@@ -317,11 +322,15 @@ func (s *Syncer) resync(ctx context.Context, q workqueue.TypedRateLimitingInterf
 	var list v1alpha1.BoilerhouseClaimList
 	if err := s.client.List(ctx, &list, client.InNamespace(s.cfg.Namespace)); err != nil {
 		s.log.Warn("resync: listing claims", "err", err)
-		return
 	}
 	for i := range list.Items {
-		c := &list.Items[i]
-		q.Add(s.request(messages.ClaimKey(c.Spec.TenantID, c.Spec.WorkloadRef)))
+		pairs[messages.ClaimKey(list.Items[i].Spec.TenantID, list.Items[i].Spec.WorkloadRef)] = true
+	}
+	for k := range pairs {
+		if limit.Wait(ctx) != nil {
+			return
+		}
+		q.Add(s.request(k))
 	}
 }
 
