@@ -35,10 +35,6 @@ type Options struct {
 	Namespaces []string
 	// Output shows the control plane's own logs on stdout/stderr.
 	Output bool
-	// Nice, when positive, lowers the CPU priority of etcd and kube-apiserver to this nice
-	// value (Linux). The dev stack uses it so that, on a small machine, the product it runs
-	// comes before the control plane, as on a cluster whose API server has machines of its own.
-	Nice int
 }
 
 // Plane is a running etcd + kube-apiserver.
@@ -135,12 +131,6 @@ func Start(ctx context.Context, opts Options) (*Plane, error) {
 		return nil, fmt.Errorf("localkube: start control plane: %w", err)
 	}
 	p := &Plane{Config: cfg, Scheme: scheme, env: env, Kubeconfig: opts.Kubeconfig}
-	if opts.Nice > 0 {
-		if err := renice(assets, opts.Nice); err != nil {
-			_ = p.Stop()
-			return nil, err
-		}
-	}
 	if p.Client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
 		_ = p.Stop()
 		return nil, err
@@ -173,6 +163,11 @@ func (p *Plane) writeKubeconfig() error {
 	}
 	return os.WriteFile(p.Kubeconfig, p.env.KubeConfig, 0o600)
 }
+
+// Renice lowers the CPU priority of etcd and kube-apiserver to this nice value (Linux; a no-op
+// elsewhere). The dev stack uses it so that, on a small machine, the product it runs comes
+// before the control plane, as on a cluster whose API server has machines of its own.
+func (p *Plane) Renice(nice int) error { return renice(p.env.BinaryAssetsDirectory, nice) }
 
 // Kubectl is the path of the kubectl built next to the control plane.
 func (p *Plane) Kubectl() string { return filepath.Join(p.env.BinaryAssetsDirectory, "kubectl") }

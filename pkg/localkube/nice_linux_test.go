@@ -10,13 +10,16 @@ import (
 	"testing"
 )
 
-// TestNice starts a real control plane with Nice and reads every thread's nice value back.
+// TestNice starts a real control plane, renices it and reads every thread's nice value back.
 func TestNice(t *testing.T) {
-	p, err := Start(context.Background(), Options{Nice: 7})
+	p, err := Start(context.Background(), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Stop()
+	if err := p.Renice(7); err != nil {
+		t.Fatal(err)
+	}
 	assets, err := AssetsDir()
 	if err != nil {
 		t.Fatal(err)
