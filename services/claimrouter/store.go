@@ -101,7 +101,6 @@ func (s *Store) Update(ctx context.Context, rec messages.ClaimRecord, rev uint64
 	return &Entry{Key: key, Record: rec, Revision: next}, nil
 }
 
-// Delete removes the record of key if it is still at revision rev.
 // Write writes rec over cur, the entry read before deciding: Create when there was none,
 // else Update at its revision. A conflict means another writer came first.
 func (s *Store) Write(ctx context.Context, rec messages.ClaimRecord, cur *Entry) (*Entry, error) {
@@ -111,6 +110,7 @@ func (s *Store) Write(ctx context.Context, rec messages.ClaimRecord, cur *Entry)
 	return s.Update(ctx, rec, cur.Revision)
 }
 
+// Delete removes the record of key if it is still at revision rev.
 func (s *Store) Delete(ctx context.Context, key string, rev uint64) error {
 	if err := s.kv.Delete(ctx, key, jetstream.LastRevision(rev)); err != nil {
 		return storeError("delete", key, err)

@@ -17,9 +17,9 @@
 //     the same pair gets phase Error with a detail naming the acting one, and never claims or
 //     releases anything.
 //   - Anti-entropy at start and ResyncInterval after each pass ends: every pair with a record or
-//     an object is reconciled, at most ResyncRate pairs a second: missing objects are created for non-terminal records, stale status is fixed,
-//     objects whose record vanished are marked. cr-sync releases a claim only when its object
-//     is deleted, never on its own.
+//     an object is reconciled, at most ResyncRate pairs a second. Missing objects are created
+//     for non-terminal records, stale status is fixed, objects whose record vanished are
+//     marked. cr-sync releases a claim only when its object is deleted, never on its own.
 //
 // Reconciles are keyed by the pair's messages.ClaimKey, so that everything about one pair is
 // decided by one worker at a time.
@@ -272,8 +272,8 @@ func (s *Syncer) request(key string) reconcile.Request {
 // Active, usually milliseconds apart, cost one status write (and Event) between them, not two.
 const recordBatch = 200 * time.Millisecond
 
-// feed enqueues the pair of every change in the claims bucket, and every pair every
-// ResyncInterval. The watch restarts when it ends while ctx lives.
+// feed enqueues the pair of every change in the claims bucket, and every pair in a resync pass
+// ResyncInterval after the last one ended. The watch restarts when it ends while ctx lives.
 func (s *Syncer) feed(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 	go func() {
 		limit := rate.NewLimiter(ResyncRate, ResyncRate/4)
