@@ -13,15 +13,17 @@ import (
 // in a directory and fsyncs it, as JetStream does for each write with SyncAlways. A KV write on
 // the claim path cannot answer before its fsync, so this bounds what the run can reach.
 type FsyncProbe struct {
+	stop     context.CancelFunc
 	done     chan struct{}
 	interval time.Duration
 	lat      []time.Duration
 	err      error
 }
 
-// StartFsyncProbe starts probing in dir until ctx ends; Wait returns the result.
+// StartFsyncProbe starts probing in dir until ctx ends or Stop.
 func StartFsyncProbe(ctx context.Context, dir string, interval time.Duration) *FsyncProbe {
-	p := &FsyncProbe{done: make(chan struct{}), interval: interval}
+	ctx, stop := context.WithCancel(ctx)
+	p := &FsyncProbe{stop: stop, done: make(chan struct{}), interval: interval}
 	go func() {
 		defer close(p.done)
 		f, err := os.CreateTemp(dir, "fsync-probe-*")
@@ -55,8 +57,9 @@ func StartFsyncProbe(ctx context.Context, dir string, interval time.Duration) *F
 	return p
 }
 
-// Wait waits for the probe's context to end and writes its latency line.
-func (p *FsyncProbe) Wait(w io.Writer) error {
+// Stop ends the probe and writes its latency line.
+func (p *FsyncProbe) Stop(w io.Writer) error {
+	p.stop()
 	<-p.done
 	if p.err != nil {
 		return fmt.Errorf("fsync probe: %w", p.err)

@@ -8,11 +8,10 @@ import (
 )
 
 func TestFsyncProbe(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	p := StartFsyncProbe(ctx, t.TempDir(), 5*time.Millisecond)
+	p := StartFsyncProbe(context.Background(), t.TempDir(), 5*time.Millisecond)
+	time.Sleep(200 * time.Millisecond)
 	var b strings.Builder
-	if err := p.Wait(&b); err != nil {
+	if err := p.Stop(&b); err != nil {
 		t.Fatal(err)
 	}
 	if len(p.lat) < 5 || !strings.Contains(b.String(), "p99") {
@@ -22,7 +21,7 @@ func TestFsyncProbe(t *testing.T) {
 
 func TestFsyncProbeMissingDir(t *testing.T) {
 	p := StartFsyncProbe(context.Background(), t.TempDir()+"/missing", time.Millisecond)
-	if err := p.Wait(&strings.Builder{}); err == nil {
+	if err := p.Stop(&strings.Builder{}); err == nil {
 		t.Fatal("no error for a missing directory")
 	}
 }

@@ -82,10 +82,8 @@ func main() {
 	var rec loadgen.Recorder
 	var elapsed time.Duration
 	var probe *loadgen.FsyncProbe
-	probeCtx, stopProbe := context.WithCancel(ctx)
-	defer stopProbe()
 	if *fsyncDir != "" {
-		probe = loadgen.StartFsyncProbe(probeCtx, *fsyncDir, 10*time.Millisecond)
+		probe = loadgen.StartFsyncProbe(ctx, *fsyncDir, 10*time.Millisecond)
 	}
 	if *dataBytes > 0 {
 		w, ok := client.(loadgen.Writer)
@@ -104,8 +102,7 @@ func main() {
 	var b strings.Builder
 	rep.WriteMarkdown(&b)
 	if probe != nil {
-		stopProbe()
-		if err := probe.Wait(&b); err != nil {
+		if err := probe.Stop(&b); err != nil {
 			fmt.Fprintln(os.Stderr, "loadgen:", err)
 			os.Exit(1)
 		}
