@@ -3,7 +3,8 @@
 #   0. the latency floor: pool claims at 20/s through REST and over NATS;
 #   1. pool claims through REST, 200/s for 30 s, a new tenant per claim, with the API server's
 #      write requests per claim counted from its metrics, fsync latency on the NATS store's disk,
-#      and how long the Pods' tenant labels lag behind;
+#      the JetStream system calls that blocked 10 ms or more (from an execution trace of the
+#      stack), and how long the Pods' tenant labels lag behind;
 #   1a. existing claims through REST, 200/s for 10 s over 100 tenants already claimed, before run 1;
 #   2. the same right after run 1, while the stack still works off its tail (CR mirroring, labels);
 #   3. pool claims over NATS (claim-router directly), 200/s for 10 s;
@@ -24,7 +25,11 @@ begin="<!-- begin bench.sh$variant: written by loadtest/bench.sh (make bench); k
 end="<!-- end bench.sh$variant -->"
 work=$(mktemp -d)
 sec=$work/section.md
-start_stack "$work" 3000 -examples=true ${PPROF:+-pprof $PPROF} ${NOSYNC:+-no-sync}
+# The stack serves pprof so that run 1 can be traced: its tail is explained by the system calls
+# that blocked the NATS server (loadtest/stalls).
+PPROF=${PPROF:-127.0.0.1:6061}
+start_stack "$work" 3000 -examples=true -pprof "$PPROF" ${NOSYNC:+-no-sync}
+go build -o "$work/stalls" ./loadtest/cmd/stalls
 kubectl=$work/.devstack/bin/kubectl
 kubeconfig=$work/.devstack/kubeconfig
 store=$work/.devstack/nats # JetStream's store: loadgen measures fsync on its disk during runs
@@ -76,8 +81,15 @@ echo >>"$sec"
 sleep 5
 { echo; echo "### 1. Pool claims through REST ($RATE/s for ${SECONDS_POOL}s, a new tenant each)"; echo; } >>"$sec"
 api_writes "$kubectl" "$kubeconfig" >"$work/api.before"
+curl -sfo "$work/run1.trace" "http://$PPROF/debug/pprof/trace?seconds=$SECONDS_POOL" &
+tracer=$!
 "$work/loadgen" -target rest -workload bench -rate "$RATE" -duration "${SECONDS_POOL}s" -prefix pool -fsync-probe "$store" -timeline 5s -out "$sec"
 api_writes "$kubectl" "$kubeconfig" >"$work/api.after"
+wait $tracer
+{ echo; echo "System calls of the NATS server that blocked during run 1 (\`stalls -min 10ms -match nats-server\` on an"
+  echo "execution trace of the stack taken during the run). A file store write with SyncAlways fsyncs while it"
+  echo "holds its stream's lock, so each of these held up every claim that used that stream meanwhile:"; echo
+  "$work/stalls" -min 10ms -match nats-server "$work/run1.trace"; } >>"$sec"
 { echo; echo "API server write requests from the start of run 1 to its end (claims, cr-sync mirroring, refills):"; echo;
   api_writes_per_claim "$work/api.before" "$work/api.after" $((RATE * SECONDS_POOL)); } >>"$sec"
 # Pod labels follow claims asynchronously, from the control plane that runs at nice 19 here.

@@ -6,6 +6,7 @@ require (
 	boilerhouse.dev/messages v0.0.0
 	boilerhouse.dev/pkg v0.0.0
 	github.com/nats-io/nats.go v1.55.0
+	golang.org/x/exp v0.0.0-20260908205506-85c1c2202aba
 )
 
 require (
