@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
 	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/api/v1alpha1"
@@ -19,18 +20,20 @@ type eventMsg struct {
 	ev    messages.Event
 }
 
-// watchPods wakes boot waiters on every Pod change and publishes instance events when a
-// tenant's Pod fails or is deleted. It runs on every replica; the JetStream message id (Pod UID
-// and transition) lets the stream drop the copies other replicas publish.
-func (m *Manager) watchPods(ctx context.Context) error {
-	inf, err := m.mgr.GetCache().GetInformer(ctx, &corev1.Pod{})
+// watchPods keeps the Pod index current, wakes boot waiters on every Pod change and publishes
+// instance events when a tenant's Pod fails or is deleted. It runs on every replica; the
+// JetStream message id (Pod UID and transition) lets the stream drop the copies other replicas
+// publish. Called before the cache starts, so that the index sees every Pod; the returned
+// function reports when it has.
+func (m *Manager) watchPods(ctx context.Context) (synced func() bool, err error) {
+	inf, err := m.mgr.GetCache().GetInformer(ctx, &corev1.Pod{}, cache.BlockUntilSynced(false))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+	reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if p, ok := obj.(*corev1.Pod); ok {
-				m.inventory.update(p)
+				m.pods.update(p)
 				m.waiters.notify(p.Name)
 			}
 		},
@@ -39,7 +42,7 @@ func (m *Manager) watchPods(ctx context.Context) error {
 			if !ok {
 				return
 			}
-			m.inventory.update(p)
+			m.pods.update(p)
 			m.waiters.notify(p.Name)
 			if old, ok := oldObj.(*corev1.Pod); ok && !PodFinished(old) && PodFinished(p) {
 				m.instanceEvent(p, PhaseFailed, "pod-failed", FailureReason(p))
@@ -53,12 +56,15 @@ func (m *Manager) watchPods(ctx context.Context) error {
 			if !ok {
 				return
 			}
-			m.inventory.remove(p.Name)
+			m.pods.deleted(p.Name)
 			m.waiters.notify(p.Name)
 			m.instanceEvent(p, PhaseDeleted, "pod-deleted", "")
 		},
 	})
-	return err
+	if err != nil {
+		return nil, err
+	}
+	return reg.HasSynced, nil
 }
 
 // instanceEvent queues an instance event for a tenant's Pod; pool Pods nobody holds have none.

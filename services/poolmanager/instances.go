@@ -69,7 +69,7 @@ func (m *Manager) Acquire(ctx context.Context, req messages.AcquireRequest) (mes
 		return busy || tried[p.Name] || HeldBy(p, m.ledger.Held(p.Name))
 	}
 	for {
-		candidates := m.inventory.candidates(req.Workload, 4, skip)
+		candidates := m.pods.candidates(req.Workload, 4, skip)
 		if len(candidates) == 0 {
 			break
 		}
@@ -90,7 +90,7 @@ func (m *Manager) Acquire(ctx context.Context, req messages.AcquireRequest) (mes
 			if !ok {
 				continue // another replica took it; the ledger now holds it, so skip drops it
 			}
-			m.inventory.remove(p.Name)
+			m.pods.taken(p.Name)
 			inst := instanceOf(p, w, req.TenantID, PhaseAcquired)
 			// After the answer: labels (off the request path) and the refill.
 			m.labelQueue.Add(p.Name)

@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -113,12 +114,13 @@ type Manager struct {
 	waiters  *waiters
 	claims   claimLocks
 	inflight sync.Map // pod name -> struct{}: acquisitions being tried by this replica
-	// inventory indexes acquirable pool Pods for Acquire.
-	inventory *readyIndex
-	events    chan eventMsg
+	// pods indexes the cached Pods by pool, and the acquirable ones by workload; podsSynced
+	// reports when it holds every Pod of the cache.
+	pods       *podIndex
+	podsSynced func() bool
+	events     chan eventMsg
 
-	ran         atomic.Bool
-	cacheSynced atomic.Bool
+	ran atomic.Bool
 	// lastPoolWalk is how long the last pool reconcile took to walk its Pods (see poolDelay).
 	lastPoolWalk atomic.Int64
 }
@@ -196,7 +198,9 @@ func New(cfg Config) (*Manager, error) {
 		Cache: cache.Options{
 			DefaultNamespaces: map[string]cache.Config{cfg.Namespace: {}},
 			DefaultTransform:  cache.TransformStripManagedFields(),
-			ByObject:          map[client.Object]cache.ByObject{&corev1.Pod{}: {Label: managed}},
+			// Pods are read at the claim rate and only read: Get and List hand out the cache's own
+			// objects instead of deep copies, and writers copy first (syncInstance).
+			ByObject: map[client.Object]cache.ByObject{&corev1.Pod{}: {Label: managed, UnsafeDisableDeepCopy: new(true)}},
 		},
 		// Tests run several managers in one process.
 		Controller: config.Controller{SkipNameValidation: new(true)},
@@ -205,15 +209,15 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("poolmanager: controller manager: %w", err)
 	}
 	m := &Manager{
-		cfg:       cfg,
-		log:       log,
-		mgr:       mgr,
-		client:    mgr.GetClient(),
-		ready:     make(chan struct{}),
-		expect:    newExpectations(),
-		waiters:   newWaiters(),
-		events:    make(chan eventMsg, 4096),
-		inventory: newReadyIndex(),
+		cfg:     cfg,
+		log:     log,
+		mgr:     mgr,
+		client:  mgr.GetClient(),
+		ready:   make(chan struct{}),
+		expect:  newExpectations(),
+		waiters: newWaiters(),
+		events:  make(chan eventMsg, 4096),
+		pods:    newPodIndex(),
 		labelQueue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "pool-manager-labels"}),
@@ -296,6 +300,11 @@ func (m *Manager) Run(ctx context.Context) error {
 		return nil
 	}
 
+	if m.podsSynced, err = m.watchPods(ctx); err != nil {
+		cancel()
+		wg.Wait()
+		return err
+	}
 	// syncCtx ends when the controller manager fails, so a failed start does not leave the
 	// cache wait below hanging.
 	syncCtx, syncCancel := context.WithCancel(ctx)
@@ -312,17 +321,13 @@ func (m *Manager) Run(ctx context.Context) error {
 		wg.Wait()
 		return err
 	}
-	if !m.mgr.GetCache().WaitForCacheSync(syncCtx) {
+	if !m.mgr.GetCache().WaitForCacheSync(syncCtx) || !toolscache.WaitForCacheSync(syncCtx.Done(), m.podsSynced) {
 		select {
 		case err := <-errs:
 			return stop(err)
 		default:
 			return stop(nil)
 		}
-	}
-	m.cacheSynced.Store(true)
-	if err := m.watchPods(ctx); err != nil {
-		return stop(err)
 	}
 	wg.Go(func() { m.publishEvents(ctx) })
 	for range 4 {

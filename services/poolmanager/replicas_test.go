@@ -72,8 +72,8 @@ func TestAcquireAcrossReplicas(t *testing.T) {
 	waitPoolFull(t, "multi-pool", 6)
 	// Both replicas see the pool's Pods before the race starts.
 	waitFor(t, 10*time.Second, "follower cache", func() (bool, string) {
-		pods, err := follower.poolPods(ctx, "multi-pool")
-		return err == nil && len(pods) == 6, fmt.Sprintf("%d pods, %v", len(pods), err)
+		pods := follower.pods.pool("multi-pool")
+		return len(pods) == 6, fmt.Sprintf("%d pods", len(pods))
 	})
 	holdRefills(t, "multi")
 
