@@ -3,8 +3,8 @@
 #   0. the latency floor: pool claims at 20/s through REST and over NATS;
 #   1. pool claims through REST, 200/s for 30 s, a new tenant per claim, with the API server's
 #      write requests per claim counted from its metrics, fsync latency on the NATS store's disk,
-#      the JetStream system calls that blocked 10 ms or more (from an execution trace of the
-#      stack), and how long the Pods' tenant labels lag behind;
+#      the JetStream system calls that blocked 10 ms or more and the garbage collections (from an
+#      execution trace of the stack), and how long the Pods' tenant labels lag behind;
 #   1a. existing claims through REST, 200/s for 10 s over 100 tenants already claimed, before run 1;
 #   2. the same right after run 1, while the stack still works off its tail (CR mirroring, labels);
 #   3. pool claims over NATS (claim-router directly), 200/s for 10 s;
@@ -86,9 +86,11 @@ tracer=$!
 "$work/loadgen" -target rest -workload bench -rate "$RATE" -duration "${SECONDS_POOL}s" -prefix pool -fsync-probe "$store" -timeline 5s -out "$sec"
 api_writes "$kubectl" "$kubeconfig" >"$work/api.after"
 wait $tracer
-{ echo; echo "System calls of the NATS server that blocked during run 1 (\`stalls -min 10ms -match nats-server\` on an"
-  echo "execution trace of the stack taken during the run). A file store write with SyncAlways fsyncs while it"
-  echo "holds its stream's lock, so each of these held up every claim that used that stream meanwhile:"; echo
+{ echo; echo "What held the stack up during run 1 (\`stalls -min 10ms -match nats-server\` on an execution trace of"
+  echo "the stack taken during the run): the NATS server's system calls that blocked, then the stack's garbage"
+  echo "collections. A file store write with SyncAlways fsyncs while it holds its stream's lock, so each fsync"
+  echo "held up every claim that used that stream meanwhile; assists are the marking that allocating goroutines"
+  echo "(claims among them) had to do during a collection, added up:"; echo
   "$work/stalls" -min 10ms -match nats-server "$work/run1.trace"; } >>"$sec"
 { echo; echo "API server write requests from the start of run 1 to its end (claims, cr-sync mirroring, refills):"; echo;
   api_writes_per_claim "$work/api.before" "$work/api.after" $((RATE * SECONDS_POOL)); } >>"$sec"

@@ -1,7 +1,10 @@
-// Package stalls reads a Go execution trace and finds the system calls that blocked a goroutine
-// longer than a threshold. Pointed at the dev stack during a load run, it shows what the claim
-// path waited for: JetStream's file store fsyncs every write with SyncAlways while it holds the
-// stream's lock, so one slow fsync stalls every claim that writes, or reads, that stream.
+// Package stalls reads a Go execution trace and finds what held goroutines up: the system calls
+// that blocked longer than a threshold, and the garbage collections with the marking that
+// allocating goroutines had to do themselves (assists). Pointed at the dev stack during a load
+// run, it shows what the claim path waited for: JetStream's file store fsyncs every write with
+// SyncAlways while it holds the stream's lock, so one slow fsync stalls every claim that
+// writes, or reads, that stream; and a collection that starts late makes every allocating
+// goroutine mark.
 package stalls
 
 import (
@@ -23,6 +26,14 @@ type Stall struct {
 	Call string
 }
 
+// GC is one garbage collection's concurrent mark phase.
+type GC struct {
+	// Start is the offset from the beginning of the trace.
+	Start, Mark time.Duration
+	// Assist is the marking done by allocating goroutines during the phase, added up.
+	Assist time.Duration
+}
+
 // Report is what [Read] found.
 type Report struct {
 	// Span is how long the trace covers.
@@ -31,6 +42,8 @@ type Report struct {
 	Min time.Duration
 	// Stalls in the order they ended.
 	Stalls []Stall
+	// GCs whose mark phase ended within the trace, in order.
+	GCs []GC
 }
 
 // Read parses a Go execution trace (runtime/trace, or /debug/pprof/trace) and returns the
@@ -46,7 +59,9 @@ func Read(r io.Reader, min time.Duration, match string) (Report, error) {
 		call  string
 	}
 	inSyscall := map[trace.GoID]open{}
-	var first, last trace.Time
+	assisting := map[trace.GoID]trace.Time{}
+	var first, last, markStart trace.Time
+	var assist time.Duration
 	rep := Report{Min: min}
 	for {
 		ev, err := tr.ReadEvent()
@@ -60,7 +75,31 @@ func Read(r io.Reader, min time.Duration, match string) (Report, error) {
 			first = ev.Time()
 		}
 		last = ev.Time()
-		if ev.Kind() != trace.EventStateTransition {
+		switch ev.Kind() {
+		case trace.EventRangeBegin:
+			switch ev.Range().Name {
+			case markPhase:
+				markStart, assist = ev.Time(), 0
+			case markAssist:
+				assisting[ev.Goroutine()] = ev.Time()
+			}
+			continue
+		case trace.EventRangeEnd:
+			switch ev.Range().Name {
+			case markPhase:
+				if markStart != 0 {
+					rep.GCs = append(rep.GCs, GC{Start: time.Duration(markStart - first), Mark: time.Duration(ev.Time() - markStart), Assist: assist})
+				}
+				markStart = 0
+			case markAssist:
+				if t, ok := assisting[ev.Goroutine()]; ok {
+					delete(assisting, ev.Goroutine())
+					assist += time.Duration(ev.Time() - t)
+				}
+			}
+			continue
+		case trace.EventStateTransition:
+		default:
 			continue
 		}
 		st := ev.StateTransition()
@@ -84,6 +123,12 @@ func Read(r io.Reader, min time.Duration, match string) (Report, error) {
 	rep.Span = time.Duration(last - first)
 	return rep, nil
 }
+
+// Names of the runtime's trace ranges for a collection's mark phase and a goroutine's assist.
+const (
+	markPhase  = "GC concurrent mark phase"
+	markAssist = "GC mark assist"
+)
 
 // describe names a system call's stack, and says whether a frame contains match.
 func describe(s trace.Stack, match string) (string, bool) {
@@ -143,18 +188,31 @@ func (r Report) Longest(n int) []Stall {
 	return s[:min(n, len(s))]
 }
 
-// Markdown writes a summary (count and total time of the stalls) and the n longest.
+// Markdown writes a summary of the stalls (count and total time) with the n longest, then the
+// collections.
 func (r Report) Markdown(w io.Writer, n int) {
 	fmt.Fprintf(w, "%d system calls of %v or more in %.1fs of trace, %v in all", len(r.Stalls), r.Min, r.Span.Seconds(), r.Total().Round(time.Millisecond))
-	if len(r.Stalls) == 0 {
+	if len(r.Stalls) > 0 {
+		fmt.Fprintln(w, "; the longest:")
 		fmt.Fprintln(w)
-		return
+		fmt.Fprintln(w, "| at | took | call |")
+		fmt.Fprintln(w, "|---|---|---|")
+		for _, s := range r.Longest(n) {
+			fmt.Fprintf(w, "| %.2fs | %.1f ms | %s |\n", s.Start.Seconds(), ms(s.Duration), s.Call)
+		}
+	} else {
+		fmt.Fprintln(w, ".")
 	}
-	fmt.Fprintln(w, "; the longest:")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| at | took | call |")
-	fmt.Fprintln(w, "|---|---|---|")
-	for _, s := range r.Longest(n) {
-		fmt.Fprintf(w, "| %.2fs | %.1f ms | %s |\n", s.Start.Seconds(), float64(s.Duration)/float64(time.Millisecond), s.Call)
+	fmt.Fprintf(w, "%d garbage collections", len(r.GCs))
+	for i, g := range r.GCs {
+		sep := ", "
+		if i == 0 {
+			sep = ": "
+		}
+		fmt.Fprintf(w, "%sat %.2fs (mark %.0f ms, assists %.0f ms)", sep, g.Start.Seconds(), ms(g.Mark), ms(g.Assist))
 	}
+	fmt.Fprintln(w, ".")
 }
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

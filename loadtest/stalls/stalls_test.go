@@ -2,6 +2,8 @@ package stalls
 
 import (
 	"bytes"
+	"fmt"
+	"runtime"
 	"runtime/trace"
 	"strings"
 	"syscall"
@@ -25,6 +27,7 @@ func TestReadFindsLongSyscalls(t *testing.T) {
 	sleepInSyscall(t, 2*time.Millisecond)
 	sleepInSyscall(t, 60*time.Millisecond)
 	sleepInSyscall(t, 30*time.Millisecond)
+	runtime.GC()
 	trace.Stop()
 
 	rep, err := Read(bytes.NewReader(buf.Bytes()), 20*time.Millisecond, "stalls.sleepInSyscall")
@@ -57,9 +60,19 @@ func TestReadFindsLongSyscalls(t *testing.T) {
 		t.Errorf("unmatched filter found %+v", none.Stalls)
 	}
 
+	// The forced collection, after the sleeps.
+	if len(rep.GCs) == 0 {
+		t.Fatal("no garbage collection found")
+	}
+	gc := rep.GCs[len(rep.GCs)-1]
+	if gc.Mark <= 0 || gc.Assist < 0 || gc.Start < rep.Stalls[1].Start || gc.Start > rep.Span {
+		t.Errorf("collection %+v, stalls %+v, span %v", gc, rep.Stalls, rep.Span)
+	}
+
 	var md strings.Builder
 	rep.Markdown(&md, 1)
-	if !strings.Contains(md.String(), "2 system calls of 20ms or more") || strings.Count(md.String(), "| syscall.Nanosleep") != 1 {
+	if !strings.Contains(md.String(), "2 system calls of 20ms or more") || strings.Count(md.String(), "| syscall.Nanosleep") != 1 ||
+		!strings.Contains(md.String(), fmt.Sprintf("%d garbage collections: at ", len(rep.GCs))) {
 		t.Errorf("markdown:\n%s", md.String())
 	}
 }

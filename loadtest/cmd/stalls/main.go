@@ -1,5 +1,6 @@
 // Command stalls prints the system calls that blocked longer than -min in a Go execution trace,
-// e.g. one taken from the dev stack during a load run:
+// and its garbage collections with their assists, e.g. for a trace of the dev stack taken during
+// a load run:
 //
 //	curl -so run.trace 'localhost:6060/debug/pprof/trace?seconds=30'
 //	stalls -min 10ms -match nats-server run.trace
