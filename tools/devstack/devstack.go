@@ -1,6 +1,7 @@
-// Package devstack runs the whole of Boilerhouse in one process: embedded NATS, a local
-// control plane (or the cluster KUBECONFIG names), the dev node, and every service.
-// It is what `make run` starts and what the end-to-end tests drive.
+// Package devstack runs the whole of Boilerhouse from one process: embedded NATS and every
+// service in it; a local control plane (or the cluster KUBECONFIG names) and the dev node in it
+// or as its child processes (Config.DevNodeCommand). It is what `make run` starts and what the
+// end-to-end tests drive.
 package devstack
 
 import (
@@ -26,7 +27,6 @@ import (
 	"boilerhouse.dev/pkg/kubeapply"
 	"boilerhouse.dev/pkg/localkube"
 	"boilerhouse.dev/pkg/natsx"
-	"boilerhouse.dev/tools/devnode"
 )
 
 // Config says where the stack keeps its state and which ports it serves.
@@ -50,7 +50,13 @@ type Config struct {
 	Examples bool
 	// ControlPlaneNice is the nice value of the local etcd and kube-apiserver (0: unchanged).
 	ControlPlaneNice int
-	Logger           *slog.Logger
+	// DevNodeCommand runs the dev node of the local control plane as a child process: the
+	// program and its first arguments, to which -kubeconfig, -state-dir and -log-part are
+	// added. Empty runs it in this process. Like a kubelet, the dev node is better off in a
+	// process of its own: its Pod cache and every Pod's server are then not marked by the
+	// collections of the process that answers claims.
+	DevNodeCommand []string
+	Logger         *slog.Logger
 	// Ready, if set, is called once everything serves.
 	Ready func(Info)
 }
@@ -141,12 +147,9 @@ func Run(ctx context.Context, cfg Config) error {
 	var g run.Group
 	g.Add(func() error { <-ctx.Done(); return nil }, func(error) { cancel() })
 	if kube.plane != nil {
-		node, err := devnode.New(devnode.Config{RestConfig: kube.config, StateDir: filepath.Join(cfg.StateDir, "devnode"),
-			Logger: log.With("part", "devnode")})
-		if err != nil {
+		if err := addDevNode(&g, ctx, cancel, cfg, kube); err != nil {
 			return err
 		}
-		g.Add(func() error { return node.Run(ctx) }, func(error) { cancel() })
 	}
 	svc, err := newServices(ctx, cfg, kube.config, kube.client, ns)
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -236,6 +238,12 @@ func TestMakeRunEndToEnd(t *testing.T) {
 		t.Errorf("tenant bob: %+v %v", tv, err)
 	}
 
+	// The dev node runs as a child process, and Ctrl-C ends it with the stack.
+	nodes := devNodeChildren(t, st.cmd.Process.Pid)
+	if runtime.GOOS == "linux" && len(nodes) != 1 {
+		t.Errorf("dev node child processes: %v, want one", nodes)
+	}
+
 	// Ctrl-C stops everything cleanly.
 	stopped := time.Now()
 	if err := st.cmd.Process.Signal(syscall.SIGINT); err != nil {
@@ -250,4 +258,43 @@ func TestMakeRunEndToEnd(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("devstack did not stop within a minute of SIGINT")
 	}
+	for _, pid := range nodes {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			t.Errorf("dev node process %d still runs after the stack stopped", pid)
+		}
+	}
+}
+
+// devNodeChildren returns the pids of parent's child processes that run the dev node
+// (Linux: read from /proc; nil elsewhere).
+func devNodeChildren(t *testing.T, parent int) []int {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		return nil
+	}
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so read after its closing parenthesis.
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(fields) < 2 || fields[1] != strconv.Itoa(parent) {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && bytes.Contains(cmdline, []byte("\x00devnode\x00")) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }

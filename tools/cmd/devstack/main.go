@@ -1,6 +1,6 @@
-// Command devstack is `make run`: all of Boilerhouse in one process on the embedded default
-// (embedded NATS, a local control plane, the dev node), or against the cluster that
-// KUBECONFIG names.
+// Command devstack is `make run`: all of Boilerhouse from one command on the embedded default
+// (embedded NATS and the services in this process; a local control plane and the dev node as
+// its child processes), or against the cluster that KUBECONFIG names.
 package main
 
 import (
@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"syscall"
 
+	"boilerhouse.dev/tools/devnode"
 	"boilerhouse.dev/tools/devstack"
 )
 
@@ -26,7 +27,20 @@ import (
 // the claim latency in alternating runs (docs/benchmarks.md).
 const gcPercent = 400
 
+// devNodeCommand as the first argument runs the dev node (the child process of a dev stack).
+const devNodeCommand = "devnode"
+
 func main() {
+	// The dev node's child process (see -devnode-process) is this program too.
+	if len(os.Args) > 1 && os.Args[1] == devNodeCommand {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := devnode.Command(ctx, os.Args[2:], os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "devstack devnode:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if os.Getenv("GOGC") == "" {
 		os.Setenv("GOGC", strconv.Itoa(gcPercent)) // for etcd and kube-apiserver, which inherit it
 		debug.SetGCPercent(gcPercent)
@@ -42,11 +56,20 @@ func main() {
 	// On a cluster the API server has machines of its own; here it shares the cores with the
 	// claim path, which at 200 claims/s it would slow (docs/benchmarks.md).
 	flag.IntVar(&cfg.ControlPlaneNice, "control-plane-nice", 19, "nice value of the local etcd and kube-apiserver (0: unchanged)")
+	devNodeProcess := flag.Bool("devnode-process", true, "run the dev node as a child process, as a kubelet runs apart from the services (false: in this process)")
 	jsonLogs := flag.Bool("json", false, "JSON logs")
 	pprofAddr := flag.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060)")
 	flag.Parse()
 	// KUBECONFIG selects a real cluster: then no local control plane and no dev node start.
 	cfg.Kubeconfig = os.Getenv("KUBECONFIG")
+	if *devNodeProcess {
+		exe, err := os.Executable()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "devstack:", err)
+			os.Exit(1)
+		}
+		cfg.DevNodeCommand = []string{exe, devNodeCommand}
+	}
 
 	var h slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})
 	if *jsonLogs {
