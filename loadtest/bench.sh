@@ -60,14 +60,14 @@ sleep 5
   echo "## Claim path (${NOSYNC:+NOSYNC=1 }make bench)"
   echo
   echo "Written by \`make bench\` (loadtest/bench.sh) on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(go version | cut -d' ' -f3)."
-  echo "One process runs everything (\`make run\`'s binary): embedded NATS with $([ -n "${NOSYNC:-}" ] && echo "periodic flushing (-no-sync)" || echo SyncAlways), services"
-  echo "connected to it over TCP, a local kube-apiserver and etcd at nice 19 (the dev stack's"
-  echo "-control-plane-nice: a cluster's API server has machines of its own), the dev node, all services;"
-  echo "GOGC 400 (the dev stack's default). The load"
+  echo "\`make run\`'s binary runs embedded NATS with $([ -n "${NOSYNC:-}" ] && echo "periodic flushing (-no-sync)" || echo SyncAlways) and all services in one process, the"
+  echo "services connected to NATS over TCP; its child processes run a local kube-apiserver and etcd at"
+  echo "nice 19 (the dev stack's -control-plane-nice: a cluster's API server has machines of its own) and"
+  echo "the dev node (a stand-in kubelet); GOGC 400 (the dev stack's default). The load"
   echo "generator is open-loop: latency counts from each claim's scheduled start. The pool's $POOL Pods"
   echo "filled in ${fill}s before the runs (maxFillConcurrency 200), then its maxFillConcurrency was set"
   echo "to ${REFILL:-4} so that refills do not starve the claim path of CPU on this shared machine."
-  echo "Load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg); other dev stacks running: $(( $(pgrep -xc devstack || true) - 1 ))."
+  echo "Load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg); other dev stacks running: $(( $(stacks_running) - 1 ))."
   echo
   echo "### 0. Latency floor: pool claims at 20/s (REST, then NATS), a new tenant each"
   echo

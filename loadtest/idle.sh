@@ -26,9 +26,9 @@ begin='<!-- begin idle.sh: written by loadtest/idle.sh (make bench-idle); keep t
 end='<!-- end idle.sh -->'
 
 # Other dev stacks on this machine share the cores: say so with the figures.
-others=$(pgrep -xc devstack || true)
-# The dev node's Pods hold files in the stack's process, and JetStream's file store is the first
-# thing to fail when none can be opened: raise the open-file limit where allowed; record the peak.
+others=$(stacks_running)
+# The dev node's Pods hold files in its process, and JetStream's file store is the first thing to
+# fail when none can be opened: raise the open-file limit where allowed; record the stack's peak.
 ulimit -Hn 262144 2>/dev/null || true
 ulimit -Sn "$(ulimit -Hn)"
 work=$(mktemp -d)
@@ -66,8 +66,8 @@ section=$work/section.md
   echo "\`N=$N RATE=$RATE TIMEOUT=$TIMEOUT RUNS=$RUNS loadtest/idle.sh\` (\`make bench-idle\`), written"
   echo "$(date -u +%Y-%m-%dT%H:%MZ): $(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GB RAM, $(go version | cut -d' ' -f3); load average $load_before"
   echo "when the first run began; $others other dev stack(s) running when the script started."
-  echo "One process runs everything (\`make run\`'s binary): embedded NATS with SyncAlways, a local"
-  echo "kube-apiserver and etcd, the dev node (one Pod per claim), all services. Workload \`idle\`:"
+  echo "\`make run\`'s binary runs embedded NATS with SyncAlways and all services, and as its child processes a"
+  echo "local kube-apiserver and etcd and the dev node (one Pod per claim). Workload \`idle\`:"
   echo "idle.timeoutSeconds $TIMEOUT, action destroy, no overlays and no ports (see idle.sh), so a release"
   echo "is a Pod delete. Each run claims $N new tenants through REST at $RATE/s, every claim booting"
   echo "its own Pod (no pool), then sends no activity. Lag = when the claims bucket stored the claim's"

@@ -74,3 +74,9 @@ label_lag() {
   done
   awk -v ns=$(( $(date +%s%N) - start )) 'BEGIN { printf "%.1f s", ns / 1e9 }'
 }
+
+# stacks_running prints how many dev stacks run on this machine (their dev node child processes,
+# `devstack devnode ...`, not counted).
+stacks_running() {
+  pgrep -a -x devstack | grep -vc ' devnode ' || true
+}
