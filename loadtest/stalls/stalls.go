@@ -54,15 +54,9 @@ func Read(r io.Reader, min time.Duration, match string) (Report, error) {
 	if err != nil {
 		return Report{}, fmt.Errorf("stalls: %w", err)
 	}
-	type open struct {
-		since trace.Time
-		call  string
-	}
-	inSyscall := map[trace.GoID]open{}
-	assisting := map[trace.GoID]trace.Time{}
-	var first, last, markStart trace.Time
-	var assist time.Duration
-	rep := Report{Min: min}
+	sc := scan{rep: Report{Min: min}, min: min, match: match,
+		inSyscall: map[trace.GoID]openCall{}, assisting: map[trace.GoID]trace.Time{}}
+	var last trace.Time
 	for {
 		ev, err := tr.ReadEvent()
 		if err == io.EOF {
@@ -71,57 +65,84 @@ func Read(r io.Reader, min time.Duration, match string) (Report, error) {
 		if err != nil {
 			return Report{}, fmt.Errorf("stalls: %w", err)
 		}
-		if first == 0 {
-			first = ev.Time()
+		if sc.first == 0 {
+			sc.first = ev.Time()
 		}
 		last = ev.Time()
 		switch ev.Kind() {
 		case trace.EventRangeBegin:
-			switch ev.Range().Name {
-			case markPhase:
-				markStart, assist = ev.Time(), 0
-			case markAssist:
-				assisting[ev.Goroutine()] = ev.Time()
-			}
-			continue
+			sc.rangeBegin(ev)
 		case trace.EventRangeEnd:
-			switch ev.Range().Name {
-			case markPhase:
-				if markStart != 0 {
-					rep.GCs = append(rep.GCs, GC{Start: time.Duration(markStart - first), Mark: time.Duration(ev.Time() - markStart), Assist: assist})
-				}
-				markStart = 0
-			case markAssist:
-				if t, ok := assisting[ev.Goroutine()]; ok {
-					delete(assisting, ev.Goroutine())
-					assist += time.Duration(ev.Time() - t)
-				}
-			}
-			continue
+			sc.rangeEnd(ev)
 		case trace.EventStateTransition:
-		default:
-			continue
-		}
-		st := ev.StateTransition()
-		if st.Resource.Kind != trace.ResourceGoroutine {
-			continue
-		}
-		g := st.Resource.Goroutine()
-		from, to := st.Goroutine()
-		if o, ok := inSyscall[g]; ok && from == trace.GoSyscall {
-			delete(inSyscall, g)
-			if d := time.Duration(ev.Time() - o.since); d >= min {
-				rep.Stalls = append(rep.Stalls, Stall{Start: time.Duration(o.since - first), Duration: d, Call: o.call})
-			}
-		}
-		if to == trace.GoSyscall {
-			if call, ok := describe(st.Stack, match); ok {
-				inSyscall[g] = open{since: ev.Time(), call: call}
-			}
+			sc.transition(ev)
 		}
 	}
-	rep.Span = time.Duration(last - first)
-	return rep, nil
+	sc.rep.Span = time.Duration(last - sc.first)
+	return sc.rep, nil
+}
+
+// scan is the state of one pass over a trace.
+type scan struct {
+	rep        Report
+	min        time.Duration
+	match      string
+	first      trace.Time
+	inSyscall  map[trace.GoID]openCall
+	assisting  map[trace.GoID]trace.Time // goroutine -> start of its assist
+	markStart  trace.Time                // of the mark phase under way; 0: none
+	markAssist time.Duration             // assists in it so far
+}
+
+type openCall struct {
+	since trace.Time
+	call  string
+}
+
+func (s *scan) rangeBegin(ev trace.Event) {
+	switch ev.Range().Name {
+	case markPhase:
+		s.markStart, s.markAssist = ev.Time(), 0
+	case markAssist:
+		s.assisting[ev.Goroutine()] = ev.Time()
+	}
+}
+
+func (s *scan) rangeEnd(ev trace.Event) {
+	switch ev.Range().Name {
+	case markPhase:
+		if s.markStart != 0 {
+			s.rep.GCs = append(s.rep.GCs, GC{Start: time.Duration(s.markStart - s.first),
+				Mark: time.Duration(ev.Time() - s.markStart), Assist: s.markAssist})
+		}
+		s.markStart = 0
+	case markAssist:
+		if t, ok := s.assisting[ev.Goroutine()]; ok {
+			delete(s.assisting, ev.Goroutine())
+			s.markAssist += time.Duration(ev.Time() - t)
+		}
+	}
+}
+
+// transition opens a goroutine's system call, or closes one (kept when it lasted min or more).
+func (s *scan) transition(ev trace.Event) {
+	st := ev.StateTransition()
+	if st.Resource.Kind != trace.ResourceGoroutine {
+		return
+	}
+	g := st.Resource.Goroutine()
+	from, to := st.Goroutine()
+	if o, ok := s.inSyscall[g]; ok && from == trace.GoSyscall {
+		delete(s.inSyscall, g)
+		if d := time.Duration(ev.Time() - o.since); d >= s.min {
+			s.rep.Stalls = append(s.rep.Stalls, Stall{Start: time.Duration(o.since - s.first), Duration: d, Call: o.call})
+		}
+	}
+	if to == trace.GoSyscall {
+		if call, ok := describe(st.Stack, s.match); ok {
+			s.inSyscall[g] = openCall{since: ev.Time(), call: call}
+		}
+	}
 }
 
 // Names of the runtime's trace ranges for a collection's mark phase and a goroutine's assist.
