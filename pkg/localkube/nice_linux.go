@@ -15,14 +15,9 @@ import (
 // later inherit it from the thread that creates them, so two passes catch the ones that
 // appear meanwhile.
 func renice(dir string, nice int) error {
-	bins := map[string]bool{}
-	for _, b := range []string{"etcd", "kube-apiserver"} {
-		// A link to a system etcd runs as its target.
-		path, err := filepath.EvalSymlinks(filepath.Join(dir, b))
-		if err != nil {
-			return err
-		}
-		bins[path] = true
+	bins, err := controlPlaneBins(dir)
+	if err != nil {
+		return err
 	}
 	for range 2 {
 		pids, err := children(bins)
@@ -49,6 +44,20 @@ func renice(dir string, nice int) error {
 		}
 	}
 	return nil
+}
+
+// controlPlaneBins is the set of executables that etcd and kube-apiserver from dir run as.
+func controlPlaneBins(dir string) (map[string]bool, error) {
+	bins := map[string]bool{}
+	for _, b := range []string{"etcd", "kube-apiserver"} {
+		// A link to a system etcd runs as its target.
+		path, err := filepath.EvalSymlinks(filepath.Join(dir, b))
+		if err != nil {
+			return nil, err
+		}
+		bins[path] = true
+	}
+	return bins, nil
 }
 
 // children lists the processes whose parent is this process and whose executable is one of bins.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,13 +23,9 @@ func TestNice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bins := map[string]bool{}
-	for _, b := range []string{"etcd", "kube-apiserver"} {
-		path, err := filepath.EvalSymlinks(filepath.Join(assets, b))
-		if err != nil {
-			t.Fatal(err)
-		}
-		bins[path] = true
+	bins, err := controlPlaneBins(assets)
+	if err != nil {
+		t.Fatal(err)
 	}
 	pids, err := children(bins)
 	if err != nil {
