@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/oklog/run"
@@ -25,8 +26,7 @@ func addDevNode(g *run.Group, ctx context.Context, cancel context.CancelFunc, cf
 		g.Add(func() error { return node.Run(ctx) }, func(error) { cancel() })
 		return nil
 	}
-	args := append(cfg.DevNodeCommand[1:len(cfg.DevNodeCommand):len(cfg.DevNodeCommand)],
-		"-kubeconfig", k.kubeconfig, "-state-dir", stateDir, "-log-part", "devnode")
+	args := append(slices.Clone(cfg.DevNodeCommand[1:]), "-kubeconfig", k.kubeconfig, "-state-dir", stateDir, "-log-part", "devnode")
 	cmd := exec.Command(cfg.DevNodeCommand[0], args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = childAttrs()

@@ -239,7 +239,7 @@ func TestMakeRunEndToEnd(t *testing.T) {
 	}
 
 	// The dev node runs as a child process, and Ctrl-C ends it with the stack.
-	nodes := devNodeChildren(t, st.cmd.Process.Pid)
+	nodes := devNodeProcesses(t, filepath.Join(dir, ".devstack", "devnode"))
 	if runtime.GOOS == "linux" && len(nodes) != 1 {
 		t.Errorf("dev node child processes: %v, want one", nodes)
 	}
@@ -265,9 +265,9 @@ func TestMakeRunEndToEnd(t *testing.T) {
 	}
 }
 
-// devNodeChildren returns the pids of parent's child processes that run the dev node
-// (Linux: read from /proc; nil elsewhere).
-func devNodeChildren(t *testing.T, parent int) []int {
+// devNodeProcesses returns the pids of the processes that run a dev node on stateDir, which is
+// this test's own (Linux: read from /proc; nil elsewhere).
+func devNodeProcesses(t *testing.T, stateDir string) []int {
 	t.Helper()
 	if runtime.GOOS != "linux" {
 		return nil
@@ -282,17 +282,8 @@ func devNodeChildren(t *testing.T, parent int) []int {
 		if err != nil {
 			continue
 		}
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue // gone meanwhile
-		}
-		// pid (comm) state ppid ...: comm may hold spaces, so read after its closing parenthesis.
-		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-		if len(fields) < 2 || fields[1] != strconv.Itoa(parent) {
-			continue
-		}
 		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err == nil && bytes.Contains(cmdline, []byte("\x00devnode\x00")) {
+		if err == nil && bytes.Contains(cmdline, []byte("\x00devnode\x00")) && bytes.Contains(cmdline, []byte("\x00"+stateDir+"\x00")) {
 			out = append(out, pid)
 		}
 	}
