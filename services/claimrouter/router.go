@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"math"
 	"slices"
@@ -228,7 +229,7 @@ func New(cfg Config) (*Router, error) {
 		logger:   cfg.Logger.With("service", "claim-router", "replica", cfg.ReplicaID),
 		hub:      newHub(),
 		sagas:    newSagaSet(),
-		flights:  &flights{m: map[string]chan struct{}{}},
+		flights:  newFlights(),
 		slots:    make(chan struct{}, cfg.Workers),
 		ready:    make(chan struct{}),
 		stopping: make(chan struct{}),
@@ -400,6 +401,7 @@ func (r *Router) Claim(ctx context.Context, req messages.ClaimRequest) (messages
 	key := messages.ClaimKey(req.TenantID, req.Workload)
 	deadline := time.Now().Add(r.claimWait(req.WaitMillis))
 	for range maxDecisions {
+		epoch := r.flights.epoch(key)
 		cur, err := r.store.Get(ctx, key)
 		if err != nil {
 			return zero, err
@@ -433,10 +435,10 @@ func (r *Router) Claim(ctx context.Context, req messages.ClaimRequest) (messages
 		case ClaimWait:
 			waited = cur
 		case ClaimStart:
-			done, leader := r.flights.join(key)
+			done, leader := r.flights.join(key, epoch)
 			if !leader {
-				// Another request of this replica starts the pair's claim:
-				// decide again on what it wrote.
+				// Another request of this replica starts (or started) the
+				// pair's claim: decide again on what it wrote.
 				select {
 				case <-done:
 				case <-ctx.Done():
@@ -1029,19 +1031,50 @@ func (s *sagaSet) has(key, id string) bool {
 }
 
 // flights tracks the keys whose claim a request of this replica is
-// starting.
+// starting. A request reads the record, then joins; a flight that ended in
+// between wrote a record the request has not seen, so each flight's end
+// bumps its key's epoch (one of flightShards counters: a collision only
+// costs a read) and a join with an older epoch makes the request read again
+// instead of starting a second claim.
 type flights struct {
-	mu sync.Mutex
-	m  map[string]chan struct{}
+	mu    sync.Mutex
+	m     map[string]chan struct{}
+	ended [flightShards]uint64
+	seed  maphash.Seed
+}
+
+const flightShards = 256
+
+// closedFlight is what join returns to a request whose read is stale.
+var closedFlight = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func newFlights() *flights {
+	return &flights{m: map[string]chan struct{}{}, seed: maphash.MakeSeed()}
+}
+
+func (f *flights) shard(key string) *uint64 {
+	return &f.ended[maphash.String(f.seed, key)%flightShards]
+}
+
+// epoch is key's epoch, to be taken before reading its record.
+func (f *flights) epoch(key string) uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return *f.shard(key)
 }
 
 // join makes the caller the leader for key (leader true; it must call
-// leave), or returns the channel closed when the current leader leaves.
-func (f *flights) join(key string) (done <-chan struct{}, leader bool) {
+// leave), or returns a channel closed when the caller should read the
+// record again: once the current leader leaves, or at once when a flight
+// ended since epoch was taken.
+func (f *flights) join(key string, epoch uint64) (done <-chan struct{}, leader bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if ch, ok := f.m[key]; ok {
 		return ch, false
+	}
+	if *f.shard(key) != epoch {
+		return closedFlight, false
 	}
 	f.m[key] = make(chan struct{})
 	return nil, true
@@ -1050,6 +1083,7 @@ func (f *flights) join(key string) (done <-chan struct{}, leader bool) {
 func (f *flights) leave(key string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	*f.shard(key)++
 	close(f.m[key])
 	delete(f.m, key)
 }

@@ -862,3 +862,35 @@ func TestRouterLifecycle(t *testing.T) {
 		t.Fatal("second Run succeeded")
 	}
 }
+
+// TestFlightsStaleRead: a request that read the record before a flight of
+// its key ended must read again, not lead a second start.
+func TestFlightsStaleRead(t *testing.T) {
+	f := newFlights()
+	before := f.epoch("bob.demo")
+	if _, leader := f.join("bob.demo", before); !leader {
+		t.Fatal("first join did not lead")
+	}
+	done, leader := f.join("bob.demo", before)
+	if leader {
+		t.Fatal("second join led while the first flies")
+	}
+	f.leave("bob.demo")
+	select {
+	case <-done:
+	default:
+		t.Fatal("leave did not wake the waiter")
+	}
+	done, leader = f.join("bob.demo", before)
+	if leader {
+		t.Fatal("a join with the epoch from before the flight led")
+	}
+	select {
+	case <-done:
+	default:
+		t.Fatal("a stale join must be told to read again at once")
+	}
+	if _, leader := f.join("bob.demo", f.epoch("bob.demo")); !leader {
+		t.Fatal("a fresh join did not lead")
+	}
+}
