@@ -415,6 +415,12 @@ func (m *Manager) drainPool(ctx context.Context, pool string) error {
 	return errors.Join(errs...)
 }
 
+// labelWorkers is how many tenant labels a replica writes at once. A label write waits some
+// 30-40 ms for the API server under claim load, so 200 claims/s need 8 at least; with 4 the
+// queue grew by ~70 a second and the grace below ran out, so the reconciler wrote the same
+// labels again and a fifth of the writes conflicted.
+const labelWorkers = 16
+
 // acquireLabelGrace is how long the instance reconciler leaves the labels of a freshly acquired
 // Pod to the replica that acquired it (its label queue), so that the two do not both write
 // them; afterwards the reconciler checks them again and repairs what is missing.

@@ -330,7 +330,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 	}
 	wg.Go(func() { m.publishEvents(ctx) })
-	for range 4 {
+	for range labelWorkers {
 		wg.Go(func() {
 			for m.processLabel(ctx) {
 			}
