@@ -4,7 +4,8 @@
 #   1. pool claims through REST, 200/s for 30 s, a new tenant per claim, with the API server's
 #      write requests per claim counted from its metrics, fsync latency on the NATS store's disk,
 #      the JetStream system calls that blocked 10 ms or more and the garbage collections (from an
-#      execution trace of the stack), and how long the Pods' tenant labels lag behind;
+#      execution trace of the stack), and how long each Pod's tenant label trails its claim's
+#      answer (loadgen watches the Pods);
 #   1a. existing claims through REST, 200/s for 10 s over 100 tenants already claimed, before run 1;
 #   2. the same right after run 1, while the stack still works off its tail (CR mirroring, labels);
 #   3. pool claims over NATS (claim-router directly), 200/s for 10 s;
@@ -83,7 +84,8 @@ sleep 5
 api_writes "$kubectl" "$kubeconfig" >"$work/api.before"
 curl -sfo "$work/run1.trace" "http://$PPROF/debug/pprof/trace?seconds=$SECONDS_POOL" &
 tracer=$!
-"$work/loadgen" -target rest -workload bench -rate "$RATE" -duration "${SECONDS_POOL}s" -prefix pool -fsync-probe "$store" -timeline 5s -out "$sec"
+"$work/loadgen" -target rest -workload bench -rate "$RATE" -duration "${SECONDS_POOL}s" -prefix pool -fsync-probe "$store" -timeline 5s \
+  -label-lag "$kubeconfig" -out "$sec"
 api_writes "$kubectl" "$kubeconfig" >"$work/api.after"
 wait $tracer
 { echo; echo "What held the stack up during run 1 (\`stalls -min 10ms -match nats-server\` on an execution trace of"
@@ -94,9 +96,6 @@ wait $tracer
   "$work/stalls" -min 10ms -match nats-server "$work/run1.trace"; } >>"$sec"
 { echo; echo "API server write requests from the start of run 1 to its end (claims, cr-sync mirroring, refills):"; echo;
   api_writes_per_claim "$work/api.before" "$work/api.after" $((RATE * SECONDS_POOL)); } >>"$sec"
-# Pod labels follow claims asynchronously, from the control plane that runs at nice 19 here.
-lag=$(label_lag "$kubectl" "$kubeconfig" pool- $((RATE * SECONDS_POOL)))
-{ echo; echo "Every Pod claimed in run 1 carried its tenant label ${lag} after the run ended."; } >>"$sec"
 { echo; echo "### 2. Existing claims through REST right after run 1 ($RATE/s for 10s over 100 tenants)"; echo;
   echo "The stack is still mirroring run 1's claims as BoilerhouseClaim objects and labelling their Pods."; echo; } >>"$sec"
 "$work/loadgen" -target rest -workload bench -rate 20 -duration 5s -prefix warm >/dev/null

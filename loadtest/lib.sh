@@ -61,20 +61,6 @@ api_writes_per_claim() {
       END { printf "| all writes | %d | %.2f |\n", t, t / c }'
 }
 
-# label_lag KUBECTL KUBECONFIG PREFIX COUNT waits until COUNT Pods carry a tenant label starting
-# with PREFIX and prints how long that took ("timeout" after five minutes).
-label_lag() {
-  local start=$(date +%s%N) n
-  while :; do
-    n=$("$1" --kubeconfig "$2" get pods -A -l boilerhouse.dev/tenant --no-headers \
-      -o custom-columns=T:.metadata.labels.boilerhouse\\.dev/tenant | grep -c "^$3" || true)
-    [ "$n" -ge "$4" ] && break
-    [ $(( ($(date +%s%N) - start) / 1000000000 )) -ge 300 ] && { echo "timeout ($n of $4 labelled)"; return; }
-    sleep 0.5
-  done
-  awk -v ns=$(( $(date +%s%N) - start )) 'BEGIN { printf "%.1f s", ns / 1e9 }'
-}
-
 # stacks_running prints how many dev stacks run on this machine (their dev node child processes,
 # `devstack devnode ...`, not counted).
 stacks_running() {

@@ -57,7 +57,8 @@ func Run(ctx context.Context, c Client, sc Scenario, rec *Recorder) time.Duratio
 			defer func() { <-slots }()
 			tenant := sc.Tenants(i)
 			source, code := c.Claim(ctx, tenant, sc.Workload)
-			rec.Add(Sample{Op: "claim", Source: source, Code: code, Latency: time.Since(due), At: due.Sub(start)})
+			answered := time.Now()
+			rec.Add(Sample{Op: "claim", Source: source, Code: code, Latency: answered.Sub(due), At: due.Sub(start), Tenant: tenant, Answered: answered})
 			if sc.Release && code == "" {
 				t0 := time.Now()
 				rc := c.Release(ctx, tenant, sc.Workload)

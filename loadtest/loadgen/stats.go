@@ -10,6 +10,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"boilerhouse.dev/messages"
 )
 
 // Sample is one finished request.
@@ -19,6 +21,9 @@ type Sample struct {
 	Code    string // "" on success, else the error code or HTTP status
 	Latency time.Duration
 	At      time.Duration // scheduled start, from the start of the run
+	// Tenant and Answered (when the answer came) are set for claims.
+	Tenant   string
+	Answered time.Time
 }
 
 // Recorder collects samples from many goroutines.
@@ -31,6 +36,20 @@ func (r *Recorder) Add(s Sample) {
 	r.mu.Lock()
 	r.samples = append(r.samples, s)
 	r.mu.Unlock()
+}
+
+// NewClaims maps each tenant whose claim succeeded with a source other than existing to when
+// that claim answered.
+func (r *Recorder) NewClaims() map[string]time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := map[string]time.Time{}
+	for _, s := range r.samples {
+		if s.Op == "claim" && s.Code == "" && s.Source != string(messages.SourceExisting) && s.Tenant != "" {
+			m[s.Tenant] = s.Answered
+		}
+	}
+	return m
 }
 
 // Summary is the latency distribution of one group of samples.

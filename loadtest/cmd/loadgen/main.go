@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"boilerhouse.dev/loadtest/loadgen"
 	"boilerhouse.dev/pkg/natsx"
@@ -35,6 +36,8 @@ func main() {
 	idleGrace := flag.Duration("idle-grace", time.Minute, "idle scenario: how long releases are waited for after the last deadline")
 	fsyncDir := flag.String("fsync-probe", "", "also measure fsync latency in this directory (the NATS store's) during the run")
 	timeline := flag.Duration("timeline", 0, "also print claim latency per interval of the run (0: no)")
+	labelLag := flag.String("label-lag", "", "also measure how long the new claims' tenant labels trail their answers, "+
+		"watching Pods through the API server of this kubeconfig (not with -release)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -85,6 +88,21 @@ func main() {
 	if *fsyncDir != "" {
 		probe = loadgen.StartFsyncProbe(ctx, *fsyncDir, 10*time.Millisecond)
 	}
+	var labels *loadgen.LabelWatch
+	if *labelLag != "" {
+		if *release || *dataBytes > 0 {
+			fmt.Fprintln(os.Stderr, "loadgen: -label-lag measures claims that stay claimed: not with -release or -data-bytes")
+			os.Exit(2)
+		}
+		cfg, err := clientcmd.BuildConfigFromFlags("", *labelLag)
+		if err == nil {
+			labels, err = loadgen.StartLabelWatch(ctx, cfg, *prefix+"-")
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			os.Exit(1)
+		}
+	}
 	if *dataBytes > 0 {
 		w, ok := client.(loadgen.Writer)
 		if !ok {
@@ -107,6 +125,9 @@ func main() {
 			os.Exit(1)
 		}
 	}
+	if labels != nil {
+		labels.Lags(ctx, rec.NewClaims(), labelWait).WriteMarkdown(&b)
+	}
 	if *timeline > 0 {
 		fmt.Fprintf(&b, "\nper %s of the run, by scheduled start:\n\n", *timeline)
 		rec.WriteTimeline(&b, *timeline)
@@ -116,6 +137,9 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// labelWait bounds the wait for the last tenant labels after a run.
+const labelWait = 5 * time.Minute
 
 // scenarioArgs drops -out and its file from args: where the result is written is not part of
 // the scenario.
