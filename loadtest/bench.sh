@@ -4,8 +4,8 @@
 #   1. pool claims through REST, 200/s for 30 s, a new tenant per claim, with the API server's
 #      write requests per claim counted from its metrics, fsync latency on the NATS store's disk,
 #      the JetStream system calls that blocked 10 ms or more and the garbage collections (from an
-#      execution trace of the stack), and how long each Pod's tenant label trails its claim's
-#      answer (loadgen watches the Pods);
+#      execution trace of the stack), and how long each claim's Pod tenant label and
+#      BoilerhouseClaim object trail its answer (loadgen watches them);
 #   1a. existing claims through REST, 200/s for 10 s over 100 tenants already claimed, before run 1;
 #   2. the same right after run 1, while the stack still works off its tail (CR mirroring, labels);
 #   3. pool claims over NATS (claim-router directly), 200/s for 10 s;
@@ -94,10 +94,10 @@ wait $tracer
   echo "held up every claim that used that stream meanwhile; assists are the marking that allocating goroutines"
   echo "(claims among them) had to do during a collection, added up:"; echo
   "$work/stalls" -min 10ms -match nats-server "$work/run1.trace"; } >>"$sec"
-{ echo; echo "API server write requests from the start of run 1 to its end (claims, cr-sync mirroring, refills):"; echo;
+{ echo; echo "API server write requests from the start of run 1 until its loadgen returned (claims, cr-sync mirroring, refills):"; echo;
   api_writes_per_claim "$work/api.before" "$work/api.after" $((RATE * SECONDS_POOL)); } >>"$sec"
 { echo; echo "### 2. Existing claims through REST right after run 1 ($RATE/s for 10s over 100 tenants)"; echo;
-  echo "The stack is still mirroring run 1's claims as BoilerhouseClaim objects and labelling their Pods."; echo; } >>"$sec"
+  echo "Run 1's loadgen returned once its claims' Pod labels and BoilerhouseClaim objects showed (or after 5 minutes)."; echo; } >>"$sec"
 "$work/loadgen" -target rest -workload bench -rate 20 -duration 5s -prefix warm >/dev/null
 "$work/loadgen" -target rest -workload bench -rate "$RATE" -duration 10s -tenants 100 -prefix warm -out "$sec"
 { echo; echo "### 3. Pool claims over NATS ($RATE/s for 10s, a new tenant each)"; echo; } >>"$sec"

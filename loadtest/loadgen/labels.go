@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/rest"
@@ -19,43 +20,58 @@ import (
 	"boilerhouse.dev/pkg/api/v1alpha1"
 )
 
-// LabelWatch records when each tenant's label first shows on a Pod, as a watch of the API
-// server delivers it: the claim path answers before pool-manager labels the Pod, and DESIGN.md
-// wants the label within a second. It watches Pod metadata only, so it stays cheap at
-// thousands of Pods.
+// labelled are the objects that follow a claim asynchronously, as DESIGN.md wants them within a
+// second: the claim's Pod, which pool-manager labels with the tenant after the answer, and the
+// BoilerhouseClaim that cr-sync creates with that label.
+var labelled = []struct {
+	group string
+	gvr   schema.GroupVersionResource
+}{
+	{"Pod tenant label", corev1.SchemeGroupVersion.WithResource("pods")},
+	{"BoilerhouseClaim", v1alpha1.GroupVersion.WithResource("boilerhouseclaims")},
+}
+
+// LabelWatch records when each tenant's label first shows on each kind of object of
+// [labelled], as a watch of the API server delivers it. It watches metadata only, so it stays
+// cheap at thousands of objects.
 type LabelWatch struct {
 	prefix string
 
 	mu      sync.Mutex
-	seen    map[string]time.Time
-	changed chan struct{} // closed and replaced whenever a tenant is first seen
+	seen    []map[string]time.Time // per entry of labelled: tenant -> first seen
+	changed chan struct{}          // closed and replaced at each first sighting
 }
 
-// StartLabelWatch watches the Pods of all namespaces that carry a tenant label starting with
-// prefix, and returns once the watch has listed them.
+// StartLabelWatch watches the objects of all namespaces that carry a tenant label starting with
+// prefix, and returns once the watches have listed them.
 func StartLabelWatch(ctx context.Context, cfg *rest.Config, prefix string) (*LabelWatch, error) {
 	mc, err := metadata.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
-	w := &LabelWatch{prefix: prefix, seen: map[string]time.Time{}, changed: make(chan struct{})}
+	w := &LabelWatch{prefix: prefix, changed: make(chan struct{})}
 	factory := metadatainformer.NewFilteredSharedInformerFactory(mc, 0, metav1.NamespaceAll,
 		func(o *metav1.ListOptions) { o.LabelSelector = v1alpha1.LabelTenant })
-	inf := factory.ForResource(corev1.SchemeGroupVersion.WithResource("pods")).Informer()
-	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    w.saw,
-		UpdateFunc: func(_, obj any) { w.saw(obj) },
-	}); err != nil {
-		return nil, err
+	var synced []cache.InformerSynced
+	for i, l := range labelled {
+		w.seen = append(w.seen, map[string]time.Time{})
+		inf := factory.ForResource(l.gvr).Informer()
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { w.saw(i, obj) },
+			UpdateFunc: func(_, obj any) { w.saw(i, obj) },
+		}); err != nil {
+			return nil, err
+		}
+		synced = append(synced, inf.HasSynced)
 	}
 	factory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		return nil, errors.New("loadgen: the Pod label watch did not sync")
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return nil, errors.New("loadgen: the label watches did not sync")
 	}
 	return w, nil
 }
 
-func (w *LabelWatch) saw(obj any) {
+func (w *LabelWatch) saw(kind int, obj any) {
 	m, ok := obj.(*metav1.PartialObjectMetadata)
 	if !ok {
 		return
@@ -67,23 +83,23 @@ func (w *LabelWatch) saw(obj any) {
 	now := time.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if _, dup := w.seen[tenant]; dup {
+	if _, dup := w.seen[kind][tenant]; dup {
 		return
 	}
-	w.seen[tenant] = now
+	w.seen[kind][tenant] = now
 	close(w.changed)
 	w.changed = make(chan struct{})
 }
 
-// LabelLag is how long tenant labels trailed the claims' answers.
+// LabelLag is how long the labelled objects trailed the claims' answers.
 type LabelLag struct {
-	Claims  int       // new claims that answered
-	Missing int       // of those, tenants whose label was not seen within the wait
-	Lag     []Summary // one group, "tenant label", when any was seen
+	Claims  int            // new claims that answered
+	Missing map[string]int // per group: tenants not seen within the wait
+	Lag     []Summary      // per group, of the tenants seen
 }
 
 // Lags waits up to timeout until every tenant of answered (tenant -> when its claim answered)
-// shows on a Pod, and summarises the lags of those seen.
+// shows on every kind of object, and summarises the lags of those seen.
 func (w *LabelWatch) Lags(ctx context.Context, answered map[string]time.Time, timeout time.Duration) LabelLag {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -102,39 +118,47 @@ func (w *LabelWatch) Lags(ctx context.Context, answered map[string]time.Time, ti
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	res := LabelLag{Claims: len(answered)}
+	res := LabelLag{Claims: len(answered), Missing: map[string]int{}}
 	var lags Recorder
-	for tenant, at := range answered {
-		seen, ok := w.seen[tenant]
-		if !ok {
-			res.Missing++
-			continue
+	for kind, l := range labelled {
+		for tenant, at := range answered {
+			seen, ok := w.seen[kind][tenant]
+			if !ok {
+				res.Missing[l.group]++
+				continue
+			}
+			// Both follow the answer, so an earlier sighting only means this process read
+			// the answer late: count it as no lag.
+			lags.Add(Sample{Op: l.group, Latency: max(0, seen.Sub(at))})
 		}
-		// pool-manager labels after the answer, so an earlier sighting only means this
-		// process read the answer late: count it as no lag.
-		lags.Add(Sample{Op: "tenant label", Latency: max(0, seen.Sub(at))})
 	}
 	res.Lag = lags.Summarise(0).Groups
 	return res
 }
 
-// missing counts the tenants of answered not seen yet, and returns the channel closed at the
-// next sighting.
+// missing counts the sightings still due for answered, and returns the channel closed at the
+// next one.
 func (w *LabelWatch) missing(answered map[string]time.Time) (int, <-chan struct{}) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	n := 0
-	for tenant := range answered {
-		if _, ok := w.seen[tenant]; !ok {
-			n++
+	for _, seen := range w.seen {
+		for tenant := range answered {
+			if _, ok := seen[tenant]; !ok {
+				n++
+			}
 		}
 	}
 	return n, w.changed
 }
 
-// WriteMarkdown prints the lags as a table, and how many labels were never seen.
+// WriteMarkdown prints the lags as a table, and what was never seen.
 func (l LabelLag) WriteMarkdown(w io.Writer) {
-	fmt.Fprintf(w, "\ntenant labels, from each new claim's answer to a Pod watch showing the label on its Pod:\n\n")
+	fmt.Fprintf(w, "\nwhat follows each new claim, from its answer to a watch of the API server showing it: the tenant label on its Pod, its BoilerhouseClaim object:\n\n")
 	WriteTable(w, l.Lag)
-	fmt.Fprintf(w, "\nseen %d of %d, missing %d\n", l.Claims-l.Missing, l.Claims, l.Missing)
+	fmt.Fprintf(w, "\nnew claims %d;", l.Claims)
+	for _, g := range labelled {
+		fmt.Fprintf(w, " %s missing %d;", g.group, l.Missing[g.group])
+	}
+	fmt.Fprintln(w)
 }

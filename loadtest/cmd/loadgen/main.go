@@ -36,8 +36,8 @@ func main() {
 	idleGrace := flag.Duration("idle-grace", time.Minute, "idle scenario: how long releases are waited for after the last deadline")
 	fsyncDir := flag.String("fsync-probe", "", "also measure fsync latency in this directory (the NATS store's) during the run")
 	timeline := flag.Duration("timeline", 0, "also print claim latency per interval of the run (0: no)")
-	labelLag := flag.String("label-lag", "", "also measure how long the new claims' tenant labels trail their answers, "+
-		"watching Pods through the API server of this kubeconfig (not with -release)")
+	labelLag := flag.String("label-lag", "", "also measure how long the new claims' Pod tenant labels and BoilerhouseClaim objects trail their answers, "+
+		"watching them through the API server of this kubeconfig (not with -release)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
