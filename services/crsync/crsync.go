@@ -52,6 +52,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -76,6 +77,11 @@ const (
 	// record from the claims bucket; all of them at once, every interval, stalled the claim
 	// path that shares the bucket (tens of thousands of reads in a burst).
 	ResyncRate = 200
+	// DefaultWorkers is how many pairs are reconciled at once. More than one, so that one slow
+	// pair does not hold up the rest; few, because each new claim's object costs the API server
+	// three writes (object, status, Event), and on a small control plane 16 workers at 200
+	// claims/s delayed pool-manager's tenant labels from milliseconds to seconds.
+	DefaultWorkers = 4
 	// DefaultClaimWait is the WaitMillis of the claim requests cr-sync sends.
 	DefaultClaimWait = 200 * time.Millisecond
 	// LeaderElectionID names the Lease the replicas compete for.
@@ -110,6 +116,9 @@ type Config struct {
 	ClaimWait time.Duration
 	// RequestTimeout bounds a claim request (default 10s) and a release request (6x that).
 	RequestTimeout time.Duration
+	// Workers is how many pairs are reconciled at once (default DefaultWorkers); one pair is
+	// never reconciled by two at once.
+	Workers int
 	// LeaderElection runs the syncer on one replica at a time.
 	LeaderElection bool
 	// MetricsAddr and HealthAddr are the controller-runtime listeners ("" or "0": none).
@@ -155,6 +164,9 @@ func New(cfg Config) (*Syncer, error) {
 	}
 	if cfg.ClaimWait <= 0 {
 		cfg.ClaimWait = DefaultClaimWait
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = DefaultWorkers
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 10 * time.Second
@@ -223,6 +235,7 @@ func New(cfg Config) (*Syncer, error) {
 		return []reconcile.Request{s.request(messages.ClaimKey(c.Spec.TenantID, c.Spec.WorkloadRef))}
 	})
 	if err := ctrl.NewControllerManagedBy(mgr).Named("cr-sync").
+		WithOptions(controller.Options{MaxConcurrentReconciles: cfg.Workers}).
 		Watches(&v1alpha1.BoilerhouseClaim{}, toPair).
 		WatchesRawSource(source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 			go s.feed(ctx, q)

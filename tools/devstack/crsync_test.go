@@ -3,6 +3,7 @@ package devstack_test
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -93,6 +94,34 @@ func TestCRSyncHealth(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusInternalServerError
 	})
+}
+
+// TestCRSyncWorkers: Config.Workers is how many pairs the controller reconciles at once, as its
+// metrics report it.
+func TestCRSyncWorkers(t *testing.T) {
+	s := startSystem(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	s.crsync(func(c *crsync.Config) { c.MetricsAddr, c.Workers = addr, 3 })
+	const want = `controller_runtime_max_concurrent_reconciles{controller="cr-sync"} 3`
+	var body string
+	eventually(t, "the cr-sync controller's metrics", 10*time.Second, func() bool {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		body = string(b)
+		return err == nil && strings.Contains(body, "controller_runtime_max_concurrent_reconciles")
+	})
+	if !strings.Contains(body, want) {
+		t.Fatalf("metrics lack %q", want)
+	}
 }
 
 // TestCRSyncConvergesAfterDowntime: claims and releases made over REST while cr-sync is down

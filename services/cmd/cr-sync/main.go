@@ -8,6 +8,7 @@
 //	-namespace     namespace of the BoilerhouseClaims       [BOILERHOUSE_NAMESPACE, default boilerhouse]
 //	-leader-elect  run on one replica at a time             [CR_SYNC_LEADER_ELECT, default true]
 //	-resync        anti-entropy period                      [CR_SYNC_RESYNC, default 30s]
+//	-workers       claims reconciled at once                [CR_SYNC_WORKERS, default 4]
 //	-metrics-addr  Prometheus metrics listener, 0: none     [CR_SYNC_METRICS_ADDR, default :9090]
 //	-health-addr   /healthz and /readyz listener, 0: none   [CR_SYNC_HEALTH_ADDR, default :9091]
 //	-log-level     debug, info, warn or error               [LOG_LEVEL, default info]
@@ -38,6 +39,7 @@ func mainErr(args []string) error {
 	kubeconfig := fs.String("kubeconfig", svcmain.Env("KUBECONFIG", ""), "kubeconfig file (default: in-cluster configuration)")
 	namespace := fs.String("namespace", svcmain.Env("BOILERHOUSE_NAMESPACE", crsync.DefaultNamespace), "namespace of the BoilerhouseClaims")
 	leaderElect := fs.Bool("leader-elect", svcmain.EnvBool("CR_SYNC_LEADER_ELECT", true), "run on one replica at a time")
+	workers := fs.Int("workers", svcmain.EnvInt("CR_SYNC_WORKERS", crsync.DefaultWorkers), "claims reconciled at once")
 	resync := fs.Duration("resync", svcmain.EnvDuration("CR_SYNC_RESYNC", crsync.DefaultResyncInterval), "anti-entropy period")
 	metricsAddr := fs.String("metrics-addr", svcmain.Env("CR_SYNC_METRICS_ADDR", ":9090"), "metrics listener address, 0 for none")
 	healthAddr := fs.String("health-addr", svcmain.Env("CR_SYNC_HEALTH_ADDR", ":9091"), "health probe listener address, 0 for none")
@@ -65,6 +67,7 @@ func mainErr(args []string) error {
 		Namespace:      *namespace,
 		Logger:         logger,
 		ResyncInterval: *resync,
+		Workers:        *workers,
 		LeaderElection: *leaderElect,
 		MetricsAddr:    *metricsAddr,
 		HealthAddr:     *healthAddr,
