@@ -64,3 +64,18 @@ func TestTimeline(t *testing.T) {
 		t.Fatalf("got\n%s\nwant\n%s", b.String(), want)
 	}
 }
+
+// TestNewClaims: only successful claims that were not existing ones count, with their answer time.
+func TestNewClaims(t *testing.T) {
+	at := time.Unix(1000, 0)
+	var rec Recorder
+	rec.Add(Sample{Op: "claim", Source: "pool", Tenant: "a", Answered: at})
+	rec.Add(Sample{Op: "claim", Source: "cold", Tenant: "b", Answered: at.Add(time.Second)})
+	rec.Add(Sample{Op: "claim", Source: "existing", Tenant: "c", Answered: at})
+	rec.Add(Sample{Op: "claim", Code: "503", Tenant: "d", Answered: at})
+	rec.Add(Sample{Op: "release", Tenant: "e", Answered: at})
+	got := rec.NewClaims()
+	if len(got) != 2 || !got["a"].Equal(at) || !got["b"].Equal(at.Add(time.Second)) {
+		t.Fatalf("new claims = %v, want a and b with their answer times", got)
+	}
+}

@@ -138,7 +138,7 @@ func main() {
 	}
 }
 
-// labelWait bounds the wait for the last tenant labels after a run.
+// labelWait bounds the wait for the last tenant labels and claim objects after a run.
 const labelWait = 5 * time.Minute
 
 // scenarioArgs drops -out and its file from args: where the result is written is not part of
