@@ -37,9 +37,8 @@ var labelled = []struct {
 type LabelWatch struct {
 	prefix string
 
-	mu      sync.Mutex
-	seen    []map[string]time.Time // per entry of labelled: tenant -> first seen
-	changed chan struct{}          // closed and replaced at each first sighting
+	mu   sync.Mutex
+	seen []map[string]time.Time // per entry of labelled: tenant -> first seen
 }
 
 // StartLabelWatch watches the objects of all namespaces that carry a tenant label starting with
@@ -49,7 +48,7 @@ func StartLabelWatch(ctx context.Context, cfg *rest.Config, prefix string) (*Lab
 	if err != nil {
 		return nil, err
 	}
-	w := &LabelWatch{prefix: prefix, changed: make(chan struct{})}
+	w := &LabelWatch{prefix: prefix}
 	factory := metadatainformer.NewFilteredSharedInformerFactory(mc, 0, metav1.NamespaceAll,
 		func(o *metav1.ListOptions) { o.LabelSelector = v1alpha1.LabelTenant })
 	var synced []cache.InformerSynced
@@ -87,8 +86,6 @@ func (w *LabelWatch) saw(kind int, obj any) {
 		return
 	}
 	w.seen[kind][tenant] = now
-	close(w.changed)
-	w.changed = make(chan struct{})
 }
 
 // LabelLag is how long the labelled objects trailed the claims' answers.
@@ -101,20 +98,21 @@ type LabelLag struct {
 // Lags waits up to timeout until every tenant of answered (tenant -> when its claim answered)
 // shows on every kind of object, and summarises the lags of those seen.
 func (w *LabelWatch) Lags(ctx context.Context, answered map[string]time.Time, timeout time.Duration) LabelLag {
+	// Sightings are timed as they arrive; this only decides when to stop waiting, so it
+	// counts a few times a second rather than at each of thousands of sightings.
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	for {
-		missing, changed := w.missing(answered)
-		if missing == 0 {
-			break
-		}
+	tick := time.NewTicker(labelPoll)
+	defer tick.Stop()
+wait:
+	for w.missing(answered) > 0 {
 		select {
-		case <-changed:
-			continue
+		case <-tick.C:
 		case <-deadline.C:
+			break wait
 		case <-ctx.Done():
+			break wait
 		}
-		break
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -136,9 +134,11 @@ func (w *LabelWatch) Lags(ctx context.Context, answered map[string]time.Time, ti
 	return res
 }
 
-// missing counts the sightings still due for answered, and returns the channel closed at the
-// next one.
-func (w *LabelWatch) missing(answered map[string]time.Time) (int, <-chan struct{}) {
+// labelPoll is how often Lags checks whether every sighting is in.
+const labelPoll = 100 * time.Millisecond
+
+// missing counts the sightings still due for answered.
+func (w *LabelWatch) missing(answered map[string]time.Time) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	n := 0
@@ -149,7 +149,7 @@ func (w *LabelWatch) missing(answered map[string]time.Time) (int, <-chan struct{
 			}
 		}
 	}
-	return n, w.changed
+	return n
 }
 
 // WriteMarkdown prints the lags as a table, and what was never seen.
