@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -1035,11 +1036,12 @@ func (s *sagaSet) has(key, id string) bool {
 // between wrote a record the request has not seen, so each flight's end
 // bumps its key's epoch (one of flightShards counters: a collision only
 // costs a read) and a join with an older epoch makes the request read again
-// instead of starting a second claim.
+// instead of starting a second claim. Epochs are atomic, so that every claim
+// request (existing ones too) can take one without the lock.
 type flights struct {
 	mu    sync.Mutex
 	m     map[string]chan struct{}
-	ended [flightShards]uint64
+	ended [flightShards]atomic.Uint64
 	seed  maphash.Seed
 }
 
@@ -1052,16 +1054,12 @@ func newFlights() *flights {
 	return &flights{m: map[string]chan struct{}{}, seed: maphash.MakeSeed()}
 }
 
-func (f *flights) shard(key string) *uint64 {
+func (f *flights) shard(key string) *atomic.Uint64 {
 	return &f.ended[maphash.String(f.seed, key)%flightShards]
 }
 
 // epoch is key's epoch, to be taken before reading its record.
-func (f *flights) epoch(key string) uint64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return *f.shard(key)
-}
+func (f *flights) epoch(key string) uint64 { return f.shard(key).Load() }
 
 // join makes the caller the leader for key (leader true; it must call
 // leave), or returns a channel closed when the caller should read the
@@ -1073,7 +1071,7 @@ func (f *flights) join(key string, epoch uint64) (done <-chan struct{}, leader b
 	if ch, ok := f.m[key]; ok {
 		return ch, false
 	}
-	if *f.shard(key) != epoch {
+	if f.shard(key).Load() != epoch {
 		return closedFlight, false
 	}
 	f.m[key] = make(chan struct{})
@@ -1083,7 +1081,7 @@ func (f *flights) join(key string, epoch uint64) (done <-chan struct{}, leader b
 func (f *flights) leave(key string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	*f.shard(key)++
+	f.shard(key).Add(1)
 	close(f.m[key])
 	delete(f.m, key)
 }
