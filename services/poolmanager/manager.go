@@ -279,6 +279,12 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.ledger.onChange = m.onLedgerChange
 
 	var wg sync.WaitGroup
+	stop := func(err error) error {
+		cancel()
+		m.labelQueue.ShutDown()
+		wg.Wait()
+		return err
+	}
 	errs := make(chan error, 4)
 	synced := make(chan struct{})
 	// Registered before the first watch, so that no reconnect goes unseen.
@@ -292,18 +298,13 @@ func (m *Manager) Run(ctx context.Context) error {
 	select {
 	case <-synced:
 	case err := <-errs:
-		cancel()
-		wg.Wait()
-		return err
+		return stop(err)
 	case <-ctx.Done():
-		wg.Wait()
-		return nil
+		return stop(nil)
 	}
 
 	if m.podsSynced, err = m.watchPods(ctx); err != nil {
-		cancel()
-		wg.Wait()
-		return err
+		return stop(err)
 	}
 	// syncCtx ends when the controller manager fails, so a failed start does not leave the
 	// cache wait below hanging.
@@ -315,12 +316,6 @@ func (m *Manager) Run(ctx context.Context) error {
 			syncCancel()
 		}
 	})
-	stop := func(err error) error {
-		cancel()
-		m.labelQueue.ShutDown()
-		wg.Wait()
-		return err
-	}
 	if !m.mgr.GetCache().WaitForCacheSync(syncCtx) || !toolscache.WaitForCacheSync(syncCtx.Done(), m.podsSynced) {
 		select {
 		case err := <-errs:
