@@ -65,15 +65,22 @@ func (s *system) crsync(tune ...func(*crsync.Config)) (stop func()) {
 	return stop
 }
 
-// TestCRSyncHealth: the health listener answers /healthz, and /readyz while NATS is connected.
-func TestCRSyncHealth(t *testing.T) {
-	s := startSystem(t)
+// freeAddr is a loopback address with a port that was free a moment ago, for a listener that
+// the code under test opens itself.
+func freeAddr(t *testing.T) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestCRSyncHealth: the health listener answers /healthz, and /readyz while NATS is connected.
+func TestCRSyncHealth(t *testing.T) {
+	s := startSystem(t)
+	addr := freeAddr(t)
 	s.crsync(func(c *crsync.Config) { c.HealthAddr = addr })
 	for _, path := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get("http://" + addr + path)
@@ -100,12 +107,7 @@ func TestCRSyncHealth(t *testing.T) {
 // metrics report it.
 func TestCRSyncWorkers(t *testing.T) {
 	s := startSystem(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeAddr(t)
 	s.crsync(func(c *crsync.Config) { c.MetricsAddr, c.Workers = addr, 3 })
 	const want = `controller_runtime_max_concurrent_reconciles{controller="cr-sync"} 3`
 	var body string
