@@ -833,53 +833,21 @@ func (r *Router) publish(rec messages.ClaimRecord, reason, msgID string) {
 }
 
 // feedHub wakes waiting requests on every change of the bucket, written by
-// any replica. The watch is re-established if it closes, and after every
-// reconnect: a restarted server forgets it, and nats.go would notice only
-// after 10-20 s without heartbeats (waiters poll meanwhile, but slowly).
+// any replica. Each new watch (natsx.Follow: after a reconnect, or a watch
+// that closed) wakes every waiter too, as changes may have gone unseen.
 func (r *Router) feedHub(ctx context.Context) {
-	reconnected := r.nc.StatusChanged(nats.CONNECTED)
-	defer r.nc.RemoveStatusListener(reconnected)
-	for ctx.Err() == nil {
+	watch := func(ctx context.Context, _ ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
 		w, err := r.store.WatchUpdates(ctx)
-		if err != nil {
-			r.logger.Warn("watch claims", "err", err)
-			sleep(ctx, time.Second)
-			continue
+		if err == nil {
+			r.hub.notifyAll()
 		}
-		r.pump(ctx, w, reconnected)
-		r.hub.notifyAll() // changes may have gone unseen: every waiter reads again
+		return w, err
 	}
-}
-
-func (r *Router) pump(ctx context.Context, w jetstream.KeyWatcher, reconnected <-chan nats.Status) {
-	updates := w.Updates()
-	for {
-		select {
-		case e, ok := <-updates:
-			if !ok {
-				return
-			}
-			if e != nil {
-				r.hub.notify(e.Key())
-			}
-		case <-reconnected:
-			stopWatch(w, updates)
-			return
-		case <-ctx.Done():
-			stopWatch(w, updates)
-			return
+	natsx.Follow(ctx, r.nc, r.logger.With("bucket", messages.BucketClaims), watch, func(e jetstream.KeyValueEntry) {
+		if e != nil {
+			r.hub.notify(e.Key())
 		}
-	}
-}
-
-// stopWatch stops w, never leaving its delivery goroutine blocked on a
-// full channel.
-func stopWatch(w jetstream.KeyWatcher, updates <-chan jetstream.KeyValueEntry) {
-	_ = w.Stop()
-	go func() {
-		for range updates {
-		}
-	}()
+	})
 }
 
 func recordOf(e *Entry) *messages.ClaimRecord {

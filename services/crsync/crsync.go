@@ -286,7 +286,8 @@ func (s *Syncer) request(key string) reconcile.Request {
 const recordBatch = 200 * time.Millisecond
 
 // feed enqueues the pair of every change in the claims bucket, and every pair in a resync pass
-// ResyncInterval after the last one ended. The watch restarts when it ends while ctx lives.
+// ResyncInterval after the last one ended. The watch is kept going by natsx.Follow (watched
+// again after a reconnect; its initial values enqueue every pair again).
 func (s *Syncer) feed(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 	go func() {
 		limit := rate.NewLimiter(ResyncRate, ResyncRate/4)
@@ -299,26 +300,13 @@ func (s *Syncer) feed(ctx context.Context, q workqueue.TypedRateLimitingInterfac
 			}
 		}
 	}()
-	for ctx.Err() == nil {
-		w, err := s.kv.WatchAll(ctx)
-		if err != nil {
-			s.log.Warn("watching the claims bucket", "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-			}
-			continue
+	natsx.Follow(ctx, s.cfg.NATS, s.log.With("bucket", messages.BucketClaims), s.kv.WatchAll, func(e jetstream.KeyValueEntry) {
+		if e == nil {
+			s.readyOnce.Do(func() { close(s.ready) })
+			return
 		}
-		for e := range w.Updates() {
-			if e == nil {
-				s.readyOnce.Do(func() { close(s.ready) })
-				continue
-			}
-			q.AddAfter(s.request(e.Key()), recordBatch)
-		}
-		_ = w.Stop()
-	}
+		q.AddAfter(s.request(e.Key()), recordBatch)
+	})
 }
 
 // resync enqueues every pair with a record or an object, no faster than limit allows.

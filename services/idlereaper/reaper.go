@@ -349,7 +349,9 @@ func (r *Reaper) Run(ctx context.Context) error {
 			// The watches' ordered consumers may not have survived (a restarted server forgets
 			// them); nats.go would recreate them only after 10-20 s without heartbeats, and a
 			// claim activated meanwhile would go untracked: its activity dropped, its release
-			// late. Watch both buckets again from their current state.
+			// late. Watch both buckets again from their current state. (Not natsx.Follow: the
+			// claims tracked are rebuilt from both buckets at once, on this goroutine, which
+			// owns them.)
 			w.stop()
 			for {
 				if w, err = r.watch(ctx, claimsKV); err == nil {

@@ -4,10 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,63 +36,19 @@ func newLedger(kv jetstream.KeyValue, log *slog.Logger) *ledger {
 	return &ledger{kv: kv, log: log, entries: map[string]ledgerItem{}, byClaim: map[string]string{}}
 }
 
-// watch keeps the view current until ctx ends. synced is closed once the initial values are in.
-// On every reconnect it watches again from the current state: a restarted server forgets the
-// watch's consumer, and nats.go would notice only after 10-20 s without heartbeats, while other
-// replicas take and free Pods.
-func (l *ledger) watch(ctx context.Context, synced chan<- struct{}, reconnected <-chan nats.Status) error {
-	for {
-		again, err := l.follow(ctx, synced, reconnected)
-		switch {
-		case ctx.Err() != nil:
-			return nil
-		case err != nil && synced != nil:
-			return err // never synced: the replica cannot start
-		case err != nil:
-			l.log.Warn("ledger watch failed; watching again", "err", err)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Second):
-			}
-		case !again:
-			return nil
-		default:
-			l.log.Info("ledger watched again after a reconnect")
+// watch keeps the view current until ctx ends (natsx.Follow: watched again after every
+// reconnect). synced is closed once the first watch's initial values are in. The initial values
+// of a new watch include the delete markers of keys removed while unwatched (the ledger deletes,
+// never purges), so those keys leave the view as well.
+func (l *ledger) watch(ctx context.Context, nc *nats.Conn, synced chan<- struct{}) {
+	natsx.Follow(ctx, nc, l.log.With("bucket", messages.BucketInstances), l.kv.WatchAll, func(e jetstream.KeyValueEntry) {
+		if e != nil {
+			l.applyWatched(e)
+		} else if synced != nil {
+			close(synced)
 			synced = nil
 		}
-	}
-}
-
-// follow applies one watch of the bucket until ctx ends (false), a reconnect (true) or an
-// error. Its initial values include the delete markers of keys removed while unwatched (the
-// ledger deletes, never purges), so they leave the view as well.
-func (l *ledger) follow(ctx context.Context, synced chan<- struct{}, reconnected <-chan nats.Status) (bool, error) {
-	w, err := l.kv.WatchAll(ctx)
-	if err != nil {
-		return false, fmt.Errorf("poolmanager: watch KV %s: %w", messages.BucketInstances, err)
-	}
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case <-ctx.Done():
-			return false, nil
-		case <-reconnected:
-			return true, nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return false, errors.New("poolmanager: ledger watch closed")
-			}
-			if e == nil {
-				if synced != nil {
-					close(synced)
-					synced = nil
-				}
-				continue
-			}
-			l.applyWatched(e)
-		}
-	}
+	})
 }
 
 func (l *ledger) applyWatched(e jetstream.KeyValueEntry) {

@@ -287,18 +287,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	errs := make(chan error, 4)
 	synced := make(chan struct{})
-	// Registered before the first watch, so that no reconnect goes unseen.
-	reconnected := m.cfg.NATS.StatusChanged(nats.CONNECTED)
-	defer m.cfg.NATS.RemoveStatusListener(reconnected)
-	wg.Go(func() {
-		if err := m.ledger.watch(ctx, synced, reconnected); err != nil {
-			errs <- err
-		}
-	})
+	wg.Go(func() { m.ledger.watch(ctx, m.cfg.NATS, synced) })
 	select {
 	case <-synced:
-	case err := <-errs:
-		return stop(err)
 	case <-ctx.Done():
 		return stop(nil)
 	}
