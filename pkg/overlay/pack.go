@@ -90,7 +90,7 @@ func Pack(dst io.Writer, src io.Reader, dirs []string, lim Limits) (PackResult, 
 		if over := in.n - content; over > int64(v.entries+1)*headerAllowance+streamAllowance {
 			return fail(errorf(RuleRatio, h.Name, "%d bytes of headers for %d entries", over, v.entries+1))
 		}
-		if h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeRegA {
+		if h.Typeflag == tar.TypeReg {
 			content += max(h.Size, 0)
 		}
 		idx, name, root, err := podName(h.Name, names)

@@ -91,10 +91,7 @@ func (v *validator) check(h *tar.Header, name, linkname string, from int) (entry
 	if v.entries > v.lim.MaxEntries {
 		return entry{}, errorf(RuleTooManyEntries, name, "more than %d entries", v.lim.MaxEntries)
 	}
-	typ := h.Typeflag
-	if typ == tar.TypeRegA {
-		typ = tar.TypeReg
-	}
+	typ := h.Typeflag // tar.Reader has already turned the legacy TypeRegA into TypeReg or TypeDir
 	// Entry types first: a device or fifo is refused whatever its name.
 	if h.Mode&0o170000 == 0o140000 {
 		return entry{}, errorf(RuleSocket, name, "sockets are not restored")

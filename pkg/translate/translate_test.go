@@ -433,7 +433,7 @@ func TestInstanceIDs(t *testing.T) {
 			}
 		}
 	}
-	if ClaimInstanceID("w", "c1") != ClaimInstanceID("w", "c1") {
+	if a, b := ClaimInstanceID("w", "c1"), ClaimInstanceID("w", "c1"); a != b {
 		t.Error("ClaimInstanceID is not deterministic")
 	}
 	if ClaimInstanceID("w", "c1") == ClaimInstanceID("w", "c2") {

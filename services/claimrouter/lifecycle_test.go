@@ -44,9 +44,6 @@ func mustPhase(t testing.TB, what string, v messages.ClaimView, err error, phase
 	}
 }
 
-// indexOf is the position of op in ops, -1 when absent.
-func indexOf(ops []string, op string) int { return slices.Index(ops, op) }
-
 func TestClaimPoolWithData(t *testing.T) {
 	env := newEnv(t, map[string]int{"notes": 3})
 	env.pool.setOverlays("notes", "")

@@ -98,7 +98,3 @@ type BoilerhouseClaimList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []BoilerhouseClaim `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&BoilerhouseClaim{}, &BoilerhouseClaimList{})
-}

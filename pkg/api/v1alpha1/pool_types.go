@@ -82,7 +82,3 @@ type BoilerhousePoolList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []BoilerhousePool `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&BoilerhousePool{}, &BoilerhousePoolList{})
-}

@@ -251,7 +251,3 @@ type BoilerhouseWorkloadList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []BoilerhouseWorkload `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&BoilerhouseWorkload{}, &BoilerhouseWorkloadList{})
-}
