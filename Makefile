@@ -7,9 +7,11 @@ CONTROLLER_GEN_VERSION := v0.23.0
 CONTROLLER_GEN := $(CACHE)/bin/controller-gen-$(CONTROLLER_GEN_VERSION)
 NATSCLI_VERSION := v0.5.0
 NATSCLI := $(CACHE)/bin/nats-$(NATSCLI_VERSION)
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := $(CACHE)/bin/staticcheck-$(STATICCHECK_VERSION)
 GO_TEST_FLAGS ?= -count=1 -timeout 30m
 
-.PHONY: all build test unit vet tidy-check assets tools generate run bench clean
+.PHONY: all build test unit vet lint tidy-check assets tools generate run bench clean
 
 all: build
 
@@ -32,17 +34,25 @@ $(NATSCLI):
 	@echo "installing the nats CLI $(NATSCLI_VERSION) (about a minute the first time)"
 	@tmp=$$(mktemp -d) && GOBIN=$$tmp go install github.com/nats-io/natscli/nats@$(NATSCLI_VERSION) && mv $$tmp/nats $@ && rmdir $$tmp
 
+$(STATICCHECK):
+	@mkdir -p $(CACHE)/bin
+	@tmp=$$(mktemp -d) && GOBIN=$$tmp go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) && mv $$tmp/staticcheck $@ && rmdir $$tmp
+
 generate: $(CONTROLLER_GEN)
 	cd pkg && $(CONTROLLER_GEN) object paths=./api/... crd:crdVersions=v1 paths=./api/... output:crd:artifacts:config=../deploy/crds
 
 vet:
 	go vet $(MODULES:%=./%/...)
 
+# lint: staticcheck (deprecated APIs, dead code, suspicious expressions) over every module.
+lint: $(STATICCHECK)
+	$(STATICCHECK) $(MODULES:%=./%/...)
+
 # Every module must build and tidy on its own, outside the workspace.
 tidy-check:
 	@for m in $(MODULES); do (cd $$m && GOWORK=off go mod tidy -diff >/dev/null) || { echo "$$m: go.mod/go.sum not tidy: run (cd $$m && GOWORK=off go mod tidy)"; exit 1; }; done
 
-test: assets tools tidy-check vet
+test: assets tools tidy-check vet lint
 	CONTROLLER_GEN=$(CONTROLLER_GEN) NATS_CLI=$(NATSCLI) KUBEBUILDER_ASSETS=$$(tools/controlplane/install.sh) \
 		go test $(GO_TEST_FLAGS) $(MODULES:%=./%/...)
 
