@@ -11,7 +11,7 @@ STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(CACHE)/bin/staticcheck-$(STATICCHECK_VERSION)
 GO_TEST_FLAGS ?= -count=1 -timeout 30m
 
-.PHONY: all build test unit vet lint tidy-check assets tools generate run bench clean
+.PHONY: all build test unit vet lint tidy-check assets tools generate run bench images clean
 
 all: build
 
@@ -59,6 +59,12 @@ test: assets tools tidy-check vet lint
 # unit: the tests that need neither the control plane nor controller-gen.
 unit:
 	go test $(GO_TEST_FLAGS) ./messages/... ./pkg/natsx/...
+
+# images: the services' container images, without a container engine, into one tarball
+# (docker load / kind load image-archive); IMAGES_FLAGS=-push=REGISTRY pushes them as well.
+images:
+	@mkdir -p .devstack
+	go run ./tools/cmd/images -out .devstack/images.tar $(IMAGES_FLAGS)
 
 # run: the whole system on the embedded default (Ctrl-C stops it).
 run: assets tools

@@ -29,6 +29,7 @@ import (
 
 	"boilerhouse.dev/pkg/kubeapply"
 	"boilerhouse.dev/pkg/localkube"
+	"boilerhouse.dev/tools/images"
 )
 
 // perm is one authorization check: verbs on group/resource[/sub] in the namespace (ns ""
@@ -256,6 +257,9 @@ func TestDeployBase(t *testing.T) {
 			kinds[o.GetKind()] = append(kinds[o.GetKind()], o.GetName())
 		}
 		services := slices.Sorted(maps.Keys(needs))
+		if !slices.Equal(services, images.Services) { // make images builds what the Deployments run
+			t.Errorf("services deployed %v, images built %v", services, images.Services)
+		}
 		want := map[string][]string{
 			"Deployment":     services,
 			"ServiceAccount": append(slices.Clone(services), "nats"),
