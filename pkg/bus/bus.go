@@ -14,8 +14,11 @@ import (
 	"github.com/go-kit/kit/endpoint"
 	natstransport "github.com/go-kit/kit/transport/nats"
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"boilerhouse.dev/messages"
+	"boilerhouse.dev/pkg/tracing"
 )
 
 // Handler is a typed service method.
@@ -84,7 +87,8 @@ func Serve[Req any](nc *nats.Conn, subject string, e endpoint.Endpoint, opts Ser
 	if logger == nil {
 		logger = slog.Default()
 	}
-	serve := natstransport.NewSubscriber(withTimeout(e, opts.Timeout), DecodeJSON[Req], encodeJSONResponse,
+	serve := natstransport.NewSubscriber(traced(subject, withTimeout(e, opts.Timeout)), DecodeJSON[Req], encodeJSONResponse,
+		natstransport.SubscriberBefore(tracing.ExtractNATS),
 		natstransport.SubscriberErrorEncoder(encodeError),
 		natstransport.SubscriberErrorHandler(errorLogger{logger: logger, subject: subject}),
 	).ServeMsg(nc)
@@ -133,6 +137,37 @@ func progress(nc *nats.Conn, reply string, interval time.Duration) (done func())
 	return func() { close(stop) }
 }
 
+// traced runs e in a server span named subject, a child of the caller's span when the request
+// carries trace context (Client, LongClient).
+func traced(subject string, e endpoint.Endpoint) endpoint.Endpoint {
+	return func(ctx context.Context, req any) (any, error) {
+		ctx, span := tracing.Start(ctx, subject, trace.SpanKindServer)
+		resp, err := e(ctx, req)
+		if err != nil {
+			tracing.Annotate(ctx, attribute.String(AttrErrorCode, string(messages.CodeOf(err))))
+		}
+		tracing.End(span, err)
+		return resp, err
+	}
+}
+
+// Annotated adds attributes of e's successful answer to the request's span (nothing while
+// tracing is off).
+func Annotated[Resp any](e endpoint.Endpoint, attrs func(Resp) []attribute.KeyValue) endpoint.Endpoint {
+	return func(ctx context.Context, req any) (any, error) {
+		resp, err := e(ctx, req)
+		if err == nil && tracing.Enabled() {
+			if r, ok := resp.(Resp); ok {
+				tracing.Annotate(ctx, attrs(r)...)
+			}
+		}
+		return resp, err
+	}
+}
+
+// AttrErrorCode is the span attribute holding a failed request's messages.Code.
+const AttrErrorCode = "boilerhouse.error.code"
+
 func withTimeout(e endpoint.Endpoint, d time.Duration) endpoint.Endpoint {
 	return func(ctx context.Context, req any) (any, error) {
 		ctx, cancel := context.WithTimeout(ctx, d)
@@ -155,15 +190,37 @@ func (l errorLogger) Handle(ctx context.Context, err error) {
 // Client returns a typed caller of subject. Errors the server sent come back as
 // *messages.Error; no responder is unavailable; a timeout is deadline_exceeded.
 func Client[Req, Resp any](nc *nats.Conn, subject string, timeout time.Duration) Handler[Req, Resp] {
-	e := natstransport.NewPublisher(nc, subject, natstransport.EncodeJSONRequest, decodeResponse[Resp],
-		natstransport.PublisherTimeout(timeout)).Endpoint()
+	e := publisher[Resp](nc, subject, timeout)
 	return func(ctx context.Context, req Req) (Resp, error) {
 		var zero Resp
+		ctx, span := tracing.Start(ctx, subject, trace.SpanKindClient)
 		resp, err := e(ctx, req)
 		if err != nil {
-			return zero, transportError(subject, err)
+			err = transportError(subject, err)
+			tracing.End(span, err)
+			return zero, err
 		}
+		tracing.End(span, nil)
 		return resp.(Resp), nil
+	}
+}
+
+// publisher is the client endpoint of subject: go-kit's NATS Publisher, except that the request
+// carries headers (the trace context), which that Publisher cannot send.
+func publisher[Resp any](nc *nats.Conn, subject string, timeout time.Duration) endpoint.Endpoint {
+	return func(ctx context.Context, request any) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		msg := &nats.Msg{Subject: subject}
+		if err := natstransport.EncodeJSONRequest(ctx, msg, request); err != nil {
+			return nil, err
+		}
+		tracing.InjectNATS(ctx, msg)
+		resp, err := nc.RequestMsgWithContext(ctx, msg)
+		if err != nil {
+			return nil, err
+		}
+		return decodeResponse[Resp](ctx, resp)
 	}
 }
 
@@ -171,44 +228,53 @@ func Client[Req, Resp any](nc *nats.Conn, subject string, timeout time.Duration)
 // timeout for the reply, but answers unavailable as soon as idle passes without a progress
 // message, so that a server that died mid-request is noticed in idle, not at timeout.
 func LongClient[Req, Resp any](nc *nats.Conn, subject string, timeout, idle time.Duration) Handler[Req, Resp] {
-	return func(ctx context.Context, req Req) (Resp, error) {
-		var zero Resp
-		ctx, cancel := context.WithTimeout(ctx, timeout)
-		defer cancel()
-		body, err := json.Marshal(req)
-		if err != nil {
-			return zero, messages.Errorf(messages.CodeInvalidArgument, "%s: encode request: %v", subject, err)
-		}
-		sub, err := nc.SubscribeSync(nc.NewInbox())
-		if err != nil {
+	return func(ctx context.Context, req Req) (resp Resp, err error) {
+		ctx, span := tracing.Start(ctx, subject, trace.SpanKindClient)
+		defer func() { tracing.End(span, err) }()
+		return longRequest[Req, Resp](ctx, nc, subject, timeout, idle, req)
+	}
+}
+
+// longRequest is LongClient's request, inside its span.
+func longRequest[Req, Resp any](ctx context.Context, nc *nats.Conn, subject string, timeout, idle time.Duration, req Req) (Resp, error) {
+	var zero Resp
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	body, err := json.Marshal(req)
+	if err != nil {
+		return zero, messages.Errorf(messages.CodeInvalidArgument, "%s: encode request: %v", subject, err)
+	}
+	sub, err := nc.SubscribeSync(nc.NewInbox())
+	if err != nil {
+		return zero, transportError(subject, err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	msg := &nats.Msg{Subject: subject, Reply: sub.Subject, Data: body}
+	tracing.InjectNATS(ctx, msg)
+	if err := nc.PublishMsg(msg); err != nil {
+		return zero, transportError(subject, err)
+	}
+	for {
+		wait, stop := context.WithTimeout(ctx, idle)
+		msg, err := sub.NextMsgWithContext(wait)
+		stop()
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return zero, transportError(subject, ctx.Err())
+		case err != nil && wait.Err() != nil:
+			return zero, messages.Errorf(messages.CodeUnavailable, "%s: no progress for %s; the service stopped answering", subject, idle)
+		case err != nil:
 			return zero, transportError(subject, err)
+		case msg.Header.Get(messages.HeaderProgress) != "":
+			continue
+		case len(msg.Data) == 0 && msg.Header.Get("Status") == "503":
+			return zero, transportError(subject, nats.ErrNoResponders)
 		}
-		defer func() { _ = sub.Unsubscribe() }()
-		if err := nc.PublishMsg(&nats.Msg{Subject: subject, Reply: sub.Subject, Data: body}); err != nil {
-			return zero, transportError(subject, err)
+		resp, err := decodeResponse[Resp](ctx, msg)
+		if err != nil {
+			return zero, err
 		}
-		for {
-			wait, stop := context.WithTimeout(ctx, idle)
-			msg, err := sub.NextMsgWithContext(wait)
-			stop()
-			switch {
-			case err != nil && ctx.Err() != nil:
-				return zero, transportError(subject, ctx.Err())
-			case err != nil && wait.Err() != nil:
-				return zero, messages.Errorf(messages.CodeUnavailable, "%s: no progress for %s; the service stopped answering", subject, idle)
-			case err != nil:
-				return zero, transportError(subject, err)
-			case msg.Header.Get(messages.HeaderProgress) != "":
-				continue
-			case len(msg.Data) == 0 && msg.Header.Get("Status") == "503":
-				return zero, transportError(subject, nats.ErrNoResponders)
-			}
-			resp, err := decodeResponse[Resp](ctx, msg)
-			if err != nil {
-				return zero, err
-			}
-			return resp.(Resp), nil
-		}
+		return resp.(Resp), nil
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/pkg/tracing"
 )
 
 // Env is the variable's value, or def when it is unset or empty.
@@ -93,13 +94,25 @@ func Logger(level string) (*slog.Logger, error) {
 }
 
 // RunUntilSignal runs service until it fails or SIGINT/SIGTERM asks it to stop; a stop by
-// signal is a clean exit.
+// signal is a clean exit. Traces are exported as name while it runs when the environment
+// configures an OTLP endpoint (tracing.Setup).
 func RunUntilSignal(logger *slog.Logger, name string, service func(context.Context) error) error {
+	shutdown, err := tracing.Setup(context.Background(), name)
+	if err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := shutdown(ctx); err != nil {
+			logger.Warn("flushing traces", "err", err)
+		}
+	}()
 	var g run.Group
 	ctx, cancel := context.WithCancel(context.Background())
 	g.Add(func() error { return service(ctx) }, func(error) { cancel() })
 	g.Add(run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM))
-	err := g.Run()
+	err = g.Run()
 	if errors.Is(err, run.ErrSignal) {
 		logger.Info(name+" stopped", "reason", err.Error())
 		return nil

@@ -18,10 +18,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/bus"
 	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/pkg/tracing"
 )
 
 // Defaults of [Config].
@@ -329,6 +331,12 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 }
 
+// claimAttrs are the span attributes of an answered claim or release.
+func claimAttrs(v messages.ClaimView) []attribute.KeyValue {
+	return []attribute.KeyValue{tracing.Tenant(v.TenantID), tracing.Workload(v.Workload), tracing.Phase(string(v.Phase)),
+		tracing.Source(string(v.Source)), tracing.Instance(v.InstanceID)}
+}
+
 func (r *Router) subscribe() ([]*nats.Subscription, error) {
 	opts := bus.ServeOptions{
 		Queue:   messages.QueueClaimRouter,
@@ -340,10 +348,10 @@ func (r *Router) subscribe() ([]*nats.Subscription, error) {
 	var subs []*nats.Subscription
 	for _, subscribe := range []subscribeFunc{
 		func() (*nats.Subscription, error) {
-			return bus.Serve[messages.ClaimRequest](r.nc, messages.SubjectClaimsClaim, bus.Endpoint(r.Claim), opts)
+			return bus.Serve[messages.ClaimRequest](r.nc, messages.SubjectClaimsClaim, bus.Annotated(bus.Endpoint(r.Claim), claimAttrs), opts)
 		},
 		func() (*nats.Subscription, error) {
-			return bus.Serve[messages.ReleaseRequest](r.nc, messages.SubjectClaimsRelease, bus.Endpoint(r.Release), opts)
+			return bus.Serve[messages.ReleaseRequest](r.nc, messages.SubjectClaimsRelease, bus.Annotated(bus.Endpoint(r.Release), claimAttrs), opts)
 		},
 		func() (*nats.Subscription, error) {
 			return bus.Serve[messages.ClaimGetRequest](r.nc, messages.SubjectClaimsGet, bus.Endpoint(r.Get), opts)

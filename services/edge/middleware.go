@@ -12,8 +12,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"boilerhouse.dev/messages"
+	"boilerhouse.dev/pkg/tracing"
 )
 
 // httpMetrics are the Prometheus metrics of the REST API.
@@ -83,6 +87,10 @@ var statusWriters = sync.Pool{New: func() any { return new(statusWriter) }}
 func (e *Edge) middleware(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		var span trace.Span // nil while tracing is off
+		if tracing.Enabled() {
+			r, span = e.traceRequest(r)
+		}
 		h := w.Header()
 		h["X-Content-Type-Options"] = nosniff
 		h["X-Frame-Options"] = deny
@@ -105,11 +113,32 @@ func (e *Edge) middleware(mux *http.ServeMux) http.Handler {
 			}
 			e.metrics.inFlight.Dec()
 			e.observe(r, sw, time.Since(start))
+			if span != nil {
+				endTrace(r, span, sw.status)
+			}
 			*sw = statusWriter{}
 			statusWriters.Put(sw)
 		}()
 		mux.ServeHTTP(sw, r)
 	})
+}
+
+// traceRequest starts the request's server span, a child of the caller's span when the request
+// carries trace context. Its name gets the route once the mux has matched one.
+func (e *Edge) traceRequest(r *http.Request) (*http.Request, trace.Span) {
+	ctx, span := tracing.Start(tracing.ExtractHTTP(r.Context(), r.Header), "HTTP "+methodLabel(r.Method), trace.SpanKindServer,
+		attribute.String("http.request.method", methodLabel(r.Method)))
+	return r.WithContext(ctx), span
+}
+
+func endTrace(r *http.Request, span trace.Span, status int) {
+	route := routeOf(r.Pattern)
+	span.SetName("HTTP " + methodLabel(r.Method) + " " + route)
+	span.SetAttributes(attribute.String("http.route", route), attribute.Int("http.response.status_code", status))
+	if status >= 500 {
+		span.SetStatus(codes.Error, http.StatusText(status))
+	}
+	span.End()
 }
 
 // observe records one answered request in the metrics and the log.

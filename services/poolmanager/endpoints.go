@@ -4,9 +4,11 @@ import (
 	"context"
 
 	"github.com/go-kit/kit/endpoint"
+	"go.opentelemetry.io/otel/attribute"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/bus"
+	"boilerhouse.dev/pkg/tracing"
 )
 
 // Service is what pool-manager offers over NATS. *Manager implements it.
@@ -31,8 +33,13 @@ type Endpoints struct {
 // MakeEndpoints wraps each method of s in a go-kit endpoint.
 func MakeEndpoints(s Service) Endpoints {
 	return Endpoints{
-		Acquire: bus.Endpoint(s.Acquire),
-		Boot:    bus.Endpoint(s.Boot),
+		Acquire: bus.Annotated(bus.Endpoint(s.Acquire), instanceAttrs),
+		Boot:    bus.Annotated(bus.Endpoint(s.Boot), instanceAttrs),
 		Retire:  bus.Endpoint(s.Retire),
 	}
+}
+
+// instanceAttrs are the span attributes of an instance handed out.
+func instanceAttrs(inst messages.Instance) []attribute.KeyValue {
+	return []attribute.KeyValue{tracing.Tenant(inst.TenantID), tracing.Workload(inst.Workload), tracing.Instance(inst.InstanceID)}
 }

@@ -18,17 +18,14 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"strconv"
-	"syscall"
 
 	"github.com/nats-io/nats.go"
-	"github.com/oklog/run"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
@@ -121,17 +118,5 @@ func mainErr(args []string) error {
 		return err
 	}
 
-	var g run.Group
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	g.Add(run.SignalHandler(ctx, os.Interrupt, syscall.SIGTERM))
-	serveCtx, stopServing := context.WithCancel(ctx)
-	g.Add(func() error { return e.Run(serveCtx) }, func(error) { stopServing() })
-
-	err = g.Run()
-	if errors.Is(err, run.ErrSignal) {
-		logger.Info("edge stopped", "reason", err.Error())
-		return nil
-	}
-	return err
+	return svcmain.RunUntilSignal(logger, "edge", e.Run)
 }

@@ -16,7 +16,9 @@ import (
 	"runtime/debug"
 	"strconv"
 	"syscall"
+	"time"
 
+	"boilerhouse.dev/pkg/tracing"
 	"boilerhouse.dev/tools/devnode"
 	"boilerhouse.dev/tools/devstack"
 )
@@ -87,7 +89,15 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := devstack.Run(ctx, cfg); err != nil {
+	// Every service runs in this process: one tracer provider for all (OTEL_EXPORTER_OTLP_ENDPOINT).
+	shutdown, err := tracing.Setup(ctx, "boilerhouse-devstack")
+	if err == nil {
+		err = devstack.Run(ctx, cfg)
+		flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = shutdown(flush)
+		cancel()
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "devstack:", err)
 		os.Exit(1)
 	}
