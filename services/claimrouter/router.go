@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/bus"
@@ -507,7 +508,7 @@ func (r *Router) start(ctx context.Context, req messages.ClaimRequest, key strin
 	}
 	r.written(e, "claim")
 	r.logger.Debug("claim started", "key", key, "claim", e.Record.ID, "request", req.RequestID)
-	r.startSaga(*e)
+	r.startSaga(trace.SpanContextFromContext(ctx), *e)
 	return e, false, nil
 }
 
@@ -667,7 +668,7 @@ func (r *Router) Release(ctx context.Context, req messages.ReleaseRequest) (mess
 				return zero, err
 			}
 			if act == ReleaseBegin {
-				r.startSaga(*e)
+				r.startSaga(trace.SpanContextFromContext(ctx), *e)
 			}
 			waited = e
 		}

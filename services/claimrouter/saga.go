@@ -10,9 +10,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/pkg/tracing"
 )
 
 // This file holds the sagas (claim, release), their heartbeat, the
@@ -51,7 +53,7 @@ func (r *Router) takeOver(key string) error {
 		return err
 	}
 	r.logger.Info("took over claim", "key", key, "claim", e.Record.ID, "phase", e.Record.Phase)
-	r.startSaga(*e)
+	r.startSaga(trace.SpanContext{}, *e)
 	return nil
 }
 
@@ -87,8 +89,10 @@ func (r *Router) sweep() {
 
 // startSaga runs the saga of e (a Pending or Releasing record this replica
 // owns) on its own goroutine, unless one runs already for that life or the
-// router is stopping.
-func (r *Router) startSaga(e Entry) {
+// router is stopping. parent is the span of the request that started it, if
+// any: the saga's span goes under it, so that a cold boot or a release is part
+// of the claim's trace.
+func (r *Router) startSaga(parent trace.SpanContext, e Entry) {
 	kind := e.Record.Phase
 	if !InFlight(kind) {
 		return
@@ -110,7 +114,7 @@ func (r *Router) startSaga(e Entry) {
 			defer r.wg.Done()
 			select {
 			case <-done:
-				r.startSaga(e)
+				r.startSaga(parent, e)
 			case <-r.stopping:
 			}
 		}()
@@ -119,7 +123,7 @@ func (r *Router) startSaga(e Entry) {
 	go func() {
 		defer r.wg.Done()
 		defer r.sagas.remove(e.Key, e.Record.ID, kind)
-		r.runSaga(e)
+		r.runSaga(parent, e)
 	}()
 }
 
@@ -127,10 +131,16 @@ func (r *Router) startSaga(e Entry) {
 // a worker slot), and stops the saga when the record is superseded (taken
 // over, expired) or the router stops; the record is then left for whoever
 // owns it.
-func (r *Router) runSaga(e Entry) {
+func (r *Router) runSaga(parent trace.SpanContext, e Entry) {
 	defer r.poolTried.Delete(e.Record.ID) // a saga stopped before obtain leaves no entry behind
 	ctx, cancel := context.WithCancel(r.runCtx)
 	defer cancel()
+	if parent.IsValid() {
+		ctx = trace.ContextWithSpanContext(ctx, parent)
+	}
+	ctx, span := tracing.Start(ctx, sagaSpan[e.Record.Phase], trace.SpanKindInternal,
+		tracing.Tenant(e.Record.TenantID), tracing.Workload(e.Record.Workload))
+	defer span.End()
 	var detail atomic.Value
 	detail.Store("")
 	hb := make(chan struct{})
@@ -153,6 +163,9 @@ func (r *Router) runSaga(e Entry) {
 		r.releaseSaga(ctx, e, &detail)
 	}
 }
+
+// sagaSpan names a saga's span by the phase it drives.
+var sagaSpan = map[messages.ClaimPhase]string{messages.PhasePending: "claim saga", messages.PhaseReleasing: "release saga"}
 
 func (r *Router) heartbeat(ctx context.Context, stop context.CancelFunc, key, id string, detail *atomic.Value) {
 	t := time.NewTicker(r.cfg.StaleAfter / 3)

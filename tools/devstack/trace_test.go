@@ -1,6 +1,7 @@
 package devstack_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -104,5 +105,40 @@ func TestClaimTrace(t *testing.T) {
 	}
 	if got := attrs(httpSpan)["http.response.status_code"]; got != "201" {
 		t.Errorf("edge span status %q, want 201", got)
+	}
+
+	// A cold claim: the boot runs in claim-router's saga, after the request's span may have
+	// ended; the saga's span is still in the claim's trace, under the request's.
+	cold := fmt.Sprintf("traced-cold-%d", traceRuns.Add(1))
+	s.workload(cold, 0)
+	ctx, root := tracing.Start(context.Background(), "caller", trace.SpanKindInternal)
+	cv, err := s.claim(ctx, messages.ClaimRequest{TenantID: "tia", Workload: cold})
+	root.End()
+	if err != nil || cv.Source != messages.SourceCold || cv.Phase != messages.PhaseActive {
+		t.Fatalf("cold claim: %+v %v", cv, err)
+	}
+	saga := key{"claim saga", trace.SpanKindInternal}
+	eventually(t, "the saga's span ended", 5*time.Second, func() bool {
+		spans = map[key]sdktrace.ReadOnlySpan{}
+		for _, sp := range rec.Ended() {
+			if sp.SpanContext().TraceID() == root.SpanContext().TraceID() {
+				spans[key{sp.Name(), sp.SpanKind()}] = sp
+			}
+		}
+		return spans[saga] != nil
+	})
+	parent = root.SpanContext().SpanID().String()
+	for _, k := range []key{
+		{messages.SubjectClaimsClaim, trace.SpanKindClient}, {messages.SubjectClaimsClaim, trace.SpanKindServer}, saga,
+		{messages.SubjectInstancesBoot, trace.SpanKindClient}, {messages.SubjectInstancesBoot, trace.SpanKindServer},
+	} {
+		sp := spans[k]
+		if sp == nil {
+			t.Fatalf("cold claim: no %s span %q in the trace", k.kind, k.name)
+		}
+		if got := sp.Parent().SpanID().String(); got != parent {
+			t.Errorf("cold claim: %s %s: parent %s, want %s", k.kind, k.name, got, parent)
+		}
+		parent = sp.SpanContext().SpanID().String()
 	}
 }
