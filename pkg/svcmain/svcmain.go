@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -146,7 +147,8 @@ func ConnectNATS(url, name string, provision bool, cfg natsx.ProvisionConfig) (*
 
 // WithHealth runs service and, when addr is set (not "" or "0"), an HTTP listener on addr for
 // Kubernetes probes: /healthz answers while the process runs, /readyz while the NATS
-// connection is up (a replica without NATS can serve nothing).
+// connection is up (a replica without NATS can serve nothing); /metrics serves Prometheus's
+// default registry, where the services register their metrics.
 func WithHealth(addr string, nc *nats.Conn, service func(context.Context) error) func(context.Context) error {
 	if addr == "" || addr == "0" {
 		return service
@@ -161,6 +163,7 @@ func WithHealth(addr string, nc *nats.Conn, service func(context.Context) error)
 			}
 			_, _ = w.Write([]byte("ok\n"))
 		})
+		mux.Handle("GET /metrics", promhttp.Handler())
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("health listener: %w", err)

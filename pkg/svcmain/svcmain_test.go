@@ -2,12 +2,15 @@ package svcmain
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/natsx"
@@ -113,6 +116,20 @@ func TestWithHealth(t *testing.T) {
 	}
 	waitStatus("/healthz", http.StatusOK)
 	waitStatus("/readyz", http.StatusOK)
+	// /metrics serves the default registry, where the services put theirs.
+	probe := prometheus.NewCounter(prometheus.CounterOpts{Name: "svcmain_test_probe_total", Help: "test"})
+	prometheus.MustRegister(probe)
+	defer prometheus.Unregister(probe)
+	probe.Add(3)
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "svcmain_test_probe_total 3") {
+		t.Errorf("GET /metrics: %d, without the registered counter:\n%.500s", resp.StatusCode, body)
+	}
 	srv.Stop()
 	waitStatus("/readyz", http.StatusServiceUnavailable)
 	waitStatus("/healthz", http.StatusOK)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
@@ -117,6 +118,8 @@ type Config struct {
 	ExtractBackoff []time.Duration
 	// Logger; slog.Default() when nil.
 	Logger *slog.Logger
+	// Metrics receives the request metrics; prometheus.DefaultRegisterer when nil.
+	Metrics prometheus.Registerer
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -177,6 +180,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.Metrics == nil {
+		c.Metrics = prometheus.DefaultRegisterer
+	}
 	return c, nil
 }
 
@@ -184,11 +190,12 @@ func (c Config) withDefaults() (Config, error) {
 // drives claims through their sagas. Create it with [New], start it with
 // [Router.Run].
 type Router struct {
-	cfg    Config
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	events jetstream.JetStream
-	logger *slog.Logger
+	cfg     Config
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	events  jetstream.JetStream
+	logger  *slog.Logger
+	metrics *routerMetrics
 
 	acquire bus.Handler[messages.AcquireRequest, messages.Instance]
 	boot    bus.Handler[messages.BootRequest, messages.Instance]
@@ -237,6 +244,9 @@ func New(cfg Config) (*Router, error) {
 		slots:    make(chan struct{}, cfg.Workers),
 		ready:    make(chan struct{}),
 		stopping: make(chan struct{}),
+	}
+	if r.metrics, err = newRouterMetrics(cfg.Metrics); err != nil {
+		return nil, fmt.Errorf("claimrouter: metrics: %w", err)
 	}
 	if r.js == nil {
 		if r.js, err = jetstream.New(cfg.Conn); err != nil {
@@ -349,10 +359,10 @@ func (r *Router) subscribe() ([]*nats.Subscription, error) {
 	var subs []*nats.Subscription
 	for _, subscribe := range []subscribeFunc{
 		func() (*nats.Subscription, error) {
-			return bus.Serve[messages.ClaimRequest](r.nc, messages.SubjectClaimsClaim, bus.Annotated(bus.Endpoint(r.Claim), claimAttrs), opts)
+			return bus.Serve[messages.ClaimRequest](r.nc, messages.SubjectClaimsClaim, r.metrics.measureClaims(bus.Annotated(bus.Endpoint(r.Claim), claimAttrs)), opts)
 		},
 		func() (*nats.Subscription, error) {
-			return bus.Serve[messages.ReleaseRequest](r.nc, messages.SubjectClaimsRelease, bus.Annotated(bus.Endpoint(r.Release), claimAttrs), opts)
+			return bus.Serve[messages.ReleaseRequest](r.nc, messages.SubjectClaimsRelease, r.metrics.measureReleases(bus.Annotated(bus.Endpoint(r.Release), claimAttrs)), opts)
 		},
 		func() (*nats.Subscription, error) {
 			return bus.Serve[messages.ClaimGetRequest](r.nc, messages.SubjectClaimsGet, bus.Endpoint(r.Get), opts)

@@ -296,6 +296,7 @@ func (m *Manager) reconcilePool(ctx context.Context, req reconcile.Request) (rec
 	}
 
 	st := plan.Status
+	setPoolPods(pool.Name, st.Ready, st.Warming)
 	st.ObservedGeneration = pool.Generation
 	switch {
 	case problem != "":
@@ -403,6 +404,7 @@ func (m *Manager) deletePod(ctx context.Context, name string) error {
 
 // drainPool deletes the Pods of a deleted pool that nobody holds. Acquired (tenant) Pods stay.
 func (m *Manager) drainPool(ctx context.Context, pool string) error {
+	forgetPool(pool)
 	var errs []error
 	for _, p := range m.pods.pool(pool) {
 		if p.DeletionTimestamp != nil || HeldBy(p, m.ledger.Held(p.Name)) {

@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -131,6 +134,11 @@ func TestPoolScalesDown(t *testing.T) {
 	if m := obs.maxLive(); m > 3 {
 		t.Errorf("saw %d live pool pods at once, size was at most 3", m)
 	}
+	waitFor(t, 10*time.Second, "pool gauges at the new size", func() (bool, string) {
+		ready := testutil.ToFloat64(poolPods.WithLabelValues("shrink-pool", "ready"))
+		warming := testutil.ToFloat64(poolPods.WithLabelValues("shrink-pool", "warming"))
+		return ready == 1 && warming == 0, fmt.Sprintf("ready %v, warming %v", ready, warming)
+	})
 }
 
 func TestFailedPoolPodIsReplaced(t *testing.T) {
@@ -210,6 +218,9 @@ func TestPoolDeletionKeepsAcquiredPods(t *testing.T) {
 	createWorkload(t, "keep", nil)
 	pool := createPool(t, "keep-pool", "keep", 2, nil)
 	waitPoolFull(t, "keep-pool", 2)
+	if n := poolSeries(t, "keep-pool"); n != 2 {
+		t.Fatalf("a full pool has %d gauge series, want ready and warming", n)
+	}
 	inst, err := acquire(ctx, acquireReq("keep", "tenant-keep", "claim-keep"))
 	if err != nil {
 		t.Fatal(err)
@@ -232,6 +243,10 @@ func TestPoolDeletionKeepsAcquiredPods(t *testing.T) {
 	if !ok || p.DeletionTimestamp != nil || !PodReady(p) {
 		t.Fatalf("acquired pod %s was touched by the pool deletion", inst.InstanceID)
 	}
+	waitFor(t, 10*time.Second, "a deleted pool's gauges gone", func() (bool, string) {
+		n := poolSeries(t, "keep-pool")
+		return n == 0, fmt.Sprintf("%d series", n)
+	})
 	if _, err := retire(ctx, retireReq(inst)); err != nil {
 		t.Fatal(err)
 	}
@@ -258,4 +273,25 @@ func TestPoolPodOfOtherWorkloadIsReplaced(t *testing.T) {
 		}
 		return true, ""
 	})
+}
+
+// poolSeries counts the pool gauges' series of pool.
+func poolSeries(t *testing.T, pool string) int {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 64)
+	poolPods.Collect(ch)
+	close(ch)
+	n := 0
+	for m := range ch {
+		var d dto.Metric
+		if err := m.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range d.GetLabel() {
+			if l.GetName() == "pool" && l.GetValue() == pool {
+				n++
+			}
+		}
+	}
+	return n
 }
