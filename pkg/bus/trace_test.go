@@ -40,6 +40,12 @@ func TestTraceFollowsRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	callOuter := bus.Client[echo, echo](other, "t.outer", time.Second)
+	// The subscriptions reach the server before requests from the other connection do.
+	for _, c := range []*nats.Conn{nc, other} {
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	ctx, root := tracing.Start(context.Background(), "root", trace.SpanKindInternal)
 	if _, err := callOuter(ctx, echo{Text: "missing"}); messages.CodeOf(err) != messages.CodeNotFound {
