@@ -54,10 +54,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/rest"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/bus"
+	"boilerhouse.dev/pkg/metrics"
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/services/overlaystore"
 )
@@ -83,6 +85,8 @@ type Config struct {
 	Conn      *nats.Conn
 	JetStream jetstream.JetStream // default jetstream.New(Conn)
 	Logger    *slog.Logger
+	// Metrics receives boilerhouse_idle_releases_total; prometheus.DefaultRegisterer when nil.
+	Metrics prometheus.Registerer
 	// FiredTTL is how long the "fired" key of a released claim lives; if the
 	// claim is still Active after it, the release is asked again.
 	FiredTTL time.Duration
@@ -117,10 +121,11 @@ type Config struct {
 
 // Reaper is the idle-reaper service.
 type Reaper struct {
-	cfg     Config
-	log     *slog.Logger
-	js      jetstream.JetStream
-	release bus.Handler[messages.ReleaseRequest, messages.ClaimView]
+	cfg      Config
+	log      *slog.Logger
+	js       jetstream.JetStream
+	release  bus.Handler[messages.ReleaseRequest, messages.ClaimView]
+	released *prometheus.CounterVec // result
 
 	mu       sync.Mutex
 	activity map[string]time.Time // coalesced activity not yet handled by the loop
@@ -233,8 +238,19 @@ func New(cfg Config) (*Reaper, error) {
 			return nil, err
 		}
 	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.DefaultRegisterer
+	}
+	released, err := metrics.Register(cfg.Metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "boilerhouse_idle_releases_total",
+		Help: "Idle releases idle-reaper asked for, by result (the phase claim-router answered, or the error code).",
+	}, []string{"result"}))
+	if err != nil {
+		return nil, fmt.Errorf("idlereaper: metrics: %w", err)
+	}
 	return &Reaper{
 		cfg:      cfg,
+		released: released,
 		log:      cfg.Logger.With("service", "idle-reaper"),
 		js:       js,
 		release:  bus.Client[messages.ReleaseRequest, messages.ClaimView](cfg.Conn, messages.SubjectClaimsRelease, cfg.ReleaseTimeout),
@@ -679,9 +695,11 @@ func (r *Reaper) startRelease(ctx context.Context, op writeOp) {
 		defer cancel()
 		view, err := r.release(rctx, messages.ReleaseRequest{TenantID: rec.TenantID, Workload: rec.Workload, Reason: messages.ReasonIdle})
 		if err != nil {
+			r.released.WithLabelValues(string(messages.CodeOf(err))).Inc()
 			r.log.Warn("idle release failed", "tenant", rec.TenantID, "workload", rec.Workload, "err", err)
 			return
 		}
+		r.released.WithLabelValues(string(view.Phase)).Inc()
 		r.log.Info("idle release done", "tenant", rec.TenantID, "workload", rec.Workload, "phase", view.Phase, "detail", view.Detail)
 	}()
 }

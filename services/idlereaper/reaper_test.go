@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/natsx"
@@ -298,8 +299,9 @@ func TestNATSRestartKeepsDeadline(t *testing.T) {
 func TestReplicasReleaseOnce(t *testing.T) {
 	e := newEnv(t)
 	var fired atomic.Int32
+	reg := prometheus.NewRegistry()
 	for range 3 {
-		e.reaper(Config{}, func(string) { fired.Add(1) })
+		e.reaper(Config{Metrics: reg}, func(string) { fired.Add(1) })
 	}
 	const n = 20
 	for i := range n {
@@ -316,6 +318,21 @@ func TestReplicasReleaseOnce(t *testing.T) {
 	}
 	if fired.Load() != n {
 		t.Errorf("%d fires over 3 replicas, want %d", fired.Load(), n)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var counted float64
+	for _, f := range families {
+		if f.GetName() == "boilerhouse_idle_releases_total" {
+			for _, m := range f.GetMetric() {
+				counted += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if counted != n {
+		t.Errorf("boilerhouse_idle_releases_total = %v over 3 replicas, want %d", counted, n)
 	}
 }
 
