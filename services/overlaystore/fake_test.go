@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -187,7 +188,7 @@ func newFakeEnv(t *testing.T, objs ...client.Object) *fakeEnv {
 		t.Fatal(err)
 	}
 	svc, err := New(Config{Client: kube, Executor: fx, Store: store, Namespace: ns, LabelWait: 300e6,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}

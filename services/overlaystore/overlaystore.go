@@ -23,6 +23,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -67,6 +68,8 @@ type Config struct {
 	Store overlay.Store
 	// Limits bound the archives (zero fields: overlay.DefaultLimits).
 	Limits overlay.Limits
+	// Metrics receives the extract and restore metrics; prometheus.DefaultRegisterer when nil.
+	Metrics prometheus.Registerer
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 	// Workers bounds concurrent requests per subject (default 32).
@@ -86,11 +89,12 @@ type Config struct {
 
 // Service is one overlay-store replica.
 type Service struct {
-	cfg   Config
-	log   *slog.Logger
-	kube  client.Reader
-	exec  Executor
-	store overlay.Store
+	cfg     Config
+	log     *slog.Logger
+	metrics *storeMetrics
+	kube    client.Reader
+	exec    Executor
+	store   overlay.Store
 	// ledger is pool-manager's acquisition ledger (KV instances), nil until Run: it says who
 	// holds a pool Pod before its tenant label (written asynchronously) arrives.
 	ledger jetstream.KeyValue
@@ -133,7 +137,14 @@ func New(cfg Config) (*Service, error) {
 		cfg.ShutdownGrace = DefaultShutdownGrace
 	}
 	cfg.Limits = cfg.Limits.WithDefaults()
-	s := &Service{cfg: cfg, log: cfg.Logger.With("service", "overlay-store"), ready: make(chan struct{})}
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.DefaultRegisterer
+	}
+	m, err := newStoreMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, fmt.Errorf("overlaystore: metrics: %w", err)
+	}
+	s := &Service{cfg: cfg, log: cfg.Logger.With("service", "overlay-store"), metrics: m, ready: make(chan struct{})}
 	s.hard, s.cancelHard = context.WithCancel(context.Background())
 
 	var rc *rest.Config
@@ -261,8 +272,8 @@ func (s *Service) drain() {
 	}
 }
 
-// Extract implements Service: it saves the Pod's overlay dirs as a new generation.
-func (s *Service) Extract(ctx context.Context, req messages.ExtractRequest) (messages.Snapshot, error) {
+// extract is Extract, uncounted.
+func (s *Service) extract(ctx context.Context, req messages.ExtractRequest) (messages.Snapshot, error) {
 	if err := validateInstance(req.TenantID, req.Workload, req.InstanceID); err != nil {
 		return messages.Snapshot{}, err
 	}
@@ -329,8 +340,8 @@ func (s *Service) Extract(ctx context.Context, req messages.ExtractRequest) (mes
 	return snap, nil
 }
 
-// Restore implements Service: it copies a stored generation into the Pod.
-func (s *Service) Restore(ctx context.Context, req messages.RestoreRequest) (messages.RestoreReply, error) {
+// restore is Restore, uncounted.
+func (s *Service) restore(ctx context.Context, req messages.RestoreRequest) (messages.RestoreReply, error) {
 	if err := validateInstance(req.TenantID, req.Workload, req.InstanceID); err != nil {
 		return messages.RestoreReply{}, err
 	}

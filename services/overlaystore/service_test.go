@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -92,6 +93,21 @@ func TestExtractRestoreRoundTrip(t *testing.T) {
 	}
 	if reply, err := env.svc.Restore(ctx, messages.RestoreRequest{TenantID: "org.acme", Workload: "agent", InstanceID: "pod-b"}); err != nil || reply.Restored {
 		t.Fatalf("restore after delete = %+v %v", reply, err)
+	}
+
+	for _, c := range []struct {
+		op, result string
+		want       float64
+	}{
+		{"extract", "saved", 4}, {"extract", "conflict", 1},
+		{"restore", "restored", 2}, {"restore", "not_found", 1}, {"restore", "nothing", 1},
+	} {
+		if got := testutil.ToFloat64(env.svc.metrics.ops.WithLabelValues(c.op, c.result)); got != c.want {
+			t.Errorf("boilerhouse_snapshots_total{op=%s,result=%s} = %v, want %v", c.op, c.result, got, c.want)
+		}
+	}
+	if n := testutil.CollectAndCount(env.svc.metrics.duration); n != 2 {
+		t.Errorf("%d duration series, want extract and restore", n)
 	}
 }
 
