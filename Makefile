@@ -44,8 +44,9 @@ generate: $(CONTROLLER_GEN)
 vet:
 	go vet $(MODULES:%=./%/...)
 
-# lint: staticcheck (deprecated APIs, dead code, suspicious expressions) over every module.
+# lint: gofmt, and staticcheck (deprecated APIs, dead code, suspicious expressions) over every module.
 lint: $(STATICCHECK)
+	@unformatted=$$(gofmt -l $(MODULES)); if [ -n "$$unformatted" ]; then echo "not gofmt-ed: $$unformatted"; exit 1; fi
 	$(STATICCHECK) $(MODULES:%=./%/...)
 
 # Every module must build and tidy on its own, outside the workspace.
