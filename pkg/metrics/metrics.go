@@ -7,19 +7,22 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Register adds c to reg, or returns the collector registered before under the same name, so
-// that several instances of a service in one process (the dev stack, tests) share their metrics.
-func Register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if err := reg.Register(c); err != nil {
-		var already prometheus.AlreadyRegisteredError
-		if errors.As(err, &already) {
-			if existing, ok := already.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		return c, err
+// Must registers c with reg and returns it, or returns the collector registered before under
+// the same name, so that several instances of a service in one process (the dev stack, tests)
+// share their metrics. Like prometheus.MustRegister it panics on any other failure: a
+// collector that clashes with another is a programming error.
+func Must[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	err := reg.Register(c)
+	if err == nil {
+		return c
 	}
-	return c, nil
+	var already prometheus.AlreadyRegisteredError
+	if errors.As(err, &already) {
+		if existing, ok := already.ExistingCollector.(C); ok {
+			return existing
+		}
+	}
+	panic(err)
 }
 
 // LatencyBuckets are the histogram buckets (seconds) of request latencies: a pool claim's

@@ -18,33 +18,22 @@ type routerMetrics struct {
 	releases *prometheus.CounterVec   // result
 }
 
-func newRouterMetrics(reg prometheus.Registerer) (*routerMetrics, error) {
-	m := &routerMetrics{
-		claims: prometheus.NewCounterVec(prometheus.CounterOpts{
+func newRouterMetrics(reg prometheus.Registerer) *routerMetrics {
+	return &routerMetrics{
+		claims: metrics.Must(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "boilerhouse_claims_total",
 			Help: "Claim requests answered by claim-router, by source (existing, pool, pool+data, cold, cold+data; none when the answer has none) and result (the phase answered, or the error code).",
-		}, []string{"source", "result"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		}, []string{"source", "result"})),
+		duration: metrics.Must(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "boilerhouse_claim_duration_seconds",
 			Help:    "Time claim-router took to answer a claim Active, by source.",
 			Buckets: metrics.LatencyBuckets,
-		}, []string{"source"}),
-		releases: prometheus.NewCounterVec(prometheus.CounterOpts{
+		}, []string{"source"})),
+		releases: metrics.Must(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "boilerhouse_releases_total",
 			Help: "Release requests answered by claim-router, by result (the phase answered, or the error code).",
-		}, []string{"result"}),
+		}, []string{"result"})),
 	}
-	var err error
-	if m.claims, err = metrics.Register(reg, m.claims); err != nil {
-		return nil, err
-	}
-	if m.duration, err = metrics.Register(reg, m.duration); err != nil {
-		return nil, err
-	}
-	if m.releases, err = metrics.Register(reg, m.releases); err != nil {
-		return nil, err
-	}
-	return m, nil
 }
 
 // result labels an answer: the phase of the view, or the error's code.

@@ -244,9 +244,7 @@ func New(cfg Config) (*Router, error) {
 		slots:    make(chan struct{}, cfg.Workers),
 		ready:    make(chan struct{}),
 		stopping: make(chan struct{}),
-	}
-	if r.metrics, err = newRouterMetrics(cfg.Metrics); err != nil {
-		return nil, fmt.Errorf("claimrouter: metrics: %w", err)
+		metrics:  newRouterMetrics(cfg.Metrics),
 	}
 	if r.js == nil {
 		if r.js, err = jetstream.New(cfg.Conn); err != nil {

@@ -113,11 +113,7 @@ func New(cfg Config) (*Edge, error) {
 		cfg.Registry = prometheus.NewRegistry()
 		cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
-	m, err := newHTTPMetrics(cfg.Registry)
-	if err != nil {
-		return nil, err
-	}
-	e := &Edge{cfg: cfg, log: cfg.Logger, metrics: m}
+	e := &Edge{cfg: cfg, log: cfg.Logger, metrics: newHTTPMetrics(cfg.Registry)}
 	if cfg.APIKey != "" {
 		sum := sha256.Sum256([]byte(cfg.APIKey))
 		e.apiKeyDigest = sum[:]

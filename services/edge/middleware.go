@@ -28,33 +28,22 @@ type httpMetrics struct {
 	inFlight prometheus.Gauge
 }
 
-func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
-	m := &httpMetrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
+	return &httpMetrics{
+		requests: metrics.Must(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "boilerhouse_http_requests_total",
 			Help: "HTTP requests answered by the edge, by method, route pattern and status code.",
-		}, []string{"method", "route", "code"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		}, []string{"method", "route", "code"})),
+		duration: metrics.Must(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "boilerhouse_http_request_duration_seconds",
 			Help:    "Time to answer an HTTP request, by method and route pattern.",
 			Buckets: metrics.LatencyBuckets,
-		}, []string{"method", "route"}),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+		}, []string{"method", "route"})),
+		inFlight: metrics.Must(reg, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "boilerhouse_http_requests_in_flight",
 			Help: "HTTP requests being answered by the edge.",
-		}),
+		})),
 	}
-	var err error
-	if m.requests, err = metrics.Register(reg, m.requests); err != nil {
-		return nil, err
-	}
-	if m.duration, err = metrics.Register(reg, m.duration); err != nil {
-		return nil, err
-	}
-	if m.inFlight, err = metrics.Register(reg, m.inFlight); err != nil {
-		return nil, err
-	}
-	return m, nil
 }
 
 // Shared header values: assigning these slices costs no allocation per

@@ -241,13 +241,10 @@ func New(cfg Config) (*Reaper, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = prometheus.DefaultRegisterer
 	}
-	released, err := metrics.Register(cfg.Metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
+	released := metrics.Must(cfg.Metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "boilerhouse_idle_releases_total",
 		Help: "Idle releases idle-reaper asked for, by result (the phase claim-router answered, or the error code).",
 	}, []string{"result"}))
-	if err != nil {
-		return nil, fmt.Errorf("idlereaper: metrics: %w", err)
-	}
 	return &Reaper{
 		cfg:      cfg,
 		released: released,

@@ -16,26 +16,18 @@ type storeMetrics struct {
 	duration *prometheus.HistogramVec // op
 }
 
-func newStoreMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
-	m := &storeMetrics{
-		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
+func newStoreMetrics(reg prometheus.Registerer) *storeMetrics {
+	return &storeMetrics{
+		ops: metrics.Must(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "boilerhouse_snapshots_total",
 			Help: "Overlay extracts and restores, by op (extract, restore) and result (saved, restored, nothing when there was nothing to save or restore, or the error code).",
-		}, []string{"op", "result"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		}, []string{"op", "result"})),
+		duration: metrics.Must(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "boilerhouse_snapshot_duration_seconds",
 			Help:    "Time to save (extract) or restore an overlay that moved data, by op.",
 			Buckets: metrics.LatencyBuckets,
-		}, []string{"op"}),
+		}, []string{"op"})),
 	}
-	var err error
-	if m.ops, err = metrics.Register(reg, m.ops); err != nil {
-		return nil, err
-	}
-	if m.duration, err = metrics.Register(reg, m.duration); err != nil {
-		return nil, err
-	}
-	return m, nil
 }
 
 // Extract implements Service: it saves the Pod's overlay dirs as a new generation.

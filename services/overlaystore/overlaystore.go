@@ -140,11 +140,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = prometheus.DefaultRegisterer
 	}
-	m, err := newStoreMetrics(cfg.Metrics)
-	if err != nil {
-		return nil, fmt.Errorf("overlaystore: metrics: %w", err)
-	}
-	s := &Service{cfg: cfg, log: cfg.Logger.With("service", "overlay-store"), metrics: m, ready: make(chan struct{})}
+	s := &Service{cfg: cfg, log: cfg.Logger.With("service", "overlay-store"), metrics: newStoreMetrics(cfg.Metrics), ready: make(chan struct{})}
 	s.hard, s.cancelHard = context.WithCancel(context.Background())
 
 	var rc *rest.Config

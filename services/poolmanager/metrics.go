@@ -9,16 +9,10 @@ import (
 
 // Pool gauges, set by the pool reconciler (the leader's), served with controller-runtime's
 // metrics on pool-manager's metrics listener.
-var poolPods = func() *prometheus.GaugeVec {
-	g, err := metrics.Register(ctrlmetrics.Registry, prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "boilerhouse_pool_pods",
-		Help: "Pods of a pool by state (ready: can be handed out; warming: starting), as the pool reconciler last counted them.",
-	}, []string{"pool", "state"}))
-	if err != nil {
-		panic(err) // a programming error: two metrics of this name
-	}
-	return g
-}()
+var poolPods = metrics.Must(ctrlmetrics.Registry, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	Name: "boilerhouse_pool_pods",
+	Help: "Pods of a pool by state (ready: can be handed out; warming: starting), as the pool reconciler last counted them.",
+}, []string{"pool", "state"}))
 
 func setPoolPods(pool string, ready, warming int32) {
 	poolPods.WithLabelValues(pool, "ready").Set(float64(ready))
