@@ -191,17 +191,14 @@ func (l errorLogger) Handle(ctx context.Context, err error) {
 // *messages.Error; no responder is unavailable; a timeout is deadline_exceeded.
 func Client[Req, Resp any](nc *nats.Conn, subject string, timeout time.Duration) Handler[Req, Resp] {
 	e := publisher[Resp](nc, subject, timeout)
-	return func(ctx context.Context, req Req) (Resp, error) {
-		var zero Resp
+	return func(ctx context.Context, req Req) (resp Resp, err error) {
 		ctx, span := tracing.Start(ctx, subject, trace.SpanKindClient)
-		resp, err := e(ctx, req)
+		defer func() { tracing.End(span, err) }()
+		r, err := e(ctx, req)
 		if err != nil {
-			err = transportError(subject, err)
-			tracing.End(span, err)
-			return zero, err
+			return resp, transportError(subject, err)
 		}
-		tracing.End(span, nil)
-		return resp.(Resp), nil
+		return r.(Resp), nil
 	}
 }
 

@@ -103,9 +103,7 @@ func RunUntilSignal(logger *slog.Logger, name string, service func(context.Conte
 		return fmt.Errorf("tracing: %w", err)
 	}
 	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := shutdown(ctx); err != nil {
+		if err := shutdown(); err != nil {
 			logger.Warn("flushing traces", "err", err)
 		}
 	}()

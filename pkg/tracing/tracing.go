@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel"
@@ -25,6 +26,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // Instrumentation is the name of Boilerhouse's tracer.
@@ -39,40 +41,39 @@ var (
 // Enabled reports whether spans are recorded.
 func Enabled() bool { return enabled.Load() }
 
-// Configured reports whether the environment asks for export: an OTLP endpoint is set and the
+// configured reports whether the environment asks for export: an OTLP endpoint is set and the
 // SDK is not disabled.
-func Configured() bool {
+func configured() bool {
 	if strings.EqualFold(os.Getenv("OTEL_SDK_DISABLED"), "true") {
 		return false
 	}
 	return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
 }
 
-// Setup turns tracing on when [Configured]: spans are batched and sent over OTLP/HTTP to the
-// configured endpoint, as service (OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, when set,
-// take precedence). The returned function flushes what is pending and stops; it is a no-op when
-// tracing stayed off.
-func Setup(ctx context.Context, service string) (shutdown func(context.Context) error, err error) {
-	if !Configured() {
-		return func(context.Context) error { return nil }, nil
+// shutdownTimeout bounds the flush of pending spans at shutdown.
+const shutdownTimeout = 5 * time.Second
+
+// Setup turns tracing on when the environment configures an OTLP endpoint: spans are batched
+// and sent over OTLP/HTTP to it, as service (OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES,
+// when set, take precedence). The returned function flushes what is pending (for at most
+// shutdownTimeout) and stops; it is a no-op when tracing stayed off.
+func Setup(ctx context.Context, service string) (shutdown func() error, err error) {
+	if !configured() {
+		return func() error { return nil }, nil
 	}
 	exp, err := otlptracehttp.New(ctx)
 	if err != nil {
 		return nil, err
 	}
-	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(attribute.String("service.name", service)))
-	if err != nil {
-		return nil, err
-	}
-	if env, err := resource.New(ctx, resource.WithFromEnv()); err == nil {
-		if merged, err := resource.Merge(res, env); err == nil {
-			res = merged
-		}
-	}
+	// Later detectors win. A malformed OTEL_RESOURCE_ATTRIBUTES only loses its own attributes.
+	res, _ := resource.New(ctx, resource.WithTelemetrySDK(),
+		resource.WithAttributes(attribute.String("service.name", service)), resource.WithFromEnv())
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	stop := Use(tp)
-	return func(ctx context.Context) error {
+	return func() error {
 		stop()
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
 		return tp.Shutdown(ctx)
 	}, nil
 }
@@ -89,10 +90,10 @@ func Use(tp trace.TracerProvider) (stop func()) {
 }
 
 // Start starts a span named name as a child of the span in ctx. While tracing is off it
-// returns ctx and a span that records nothing.
+// returns ctx and a span that records nothing, at no cost.
 func Start(ctx context.Context, name string, kind trace.SpanKind, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
 	if !enabled.Load() {
-		return ctx, trace.SpanFromContext(ctx)
+		return ctx, noop.Span{}
 	}
 	return (*tracer.Load()).Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
 }

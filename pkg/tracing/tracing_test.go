@@ -75,7 +75,7 @@ func TestSetupExportsOverOTLPHTTP(t *testing.T) {
 	}
 	_, span := tracing.Start(ctx, "bh.v1.claims.claim", trace.SpanKindServer, attribute.String("tenant.id", "alice"))
 	tracing.End(span, nil)
-	if err := shutdown(ctx); err != nil { // flushes the batch
+	if err := shutdown(); err != nil { // flushes the batch
 		t.Fatal(err)
 	}
 	if tracing.Enabled() {
@@ -122,7 +122,7 @@ func TestSetupWithoutEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer shutdown(context.Background())
+	defer shutdown()
 	if tracing.Enabled() {
 		t.Error("tracing on without an endpoint")
 	}

@@ -64,7 +64,7 @@ func (e *Edge) middleware(mux *http.ServeMux) http.Handler {
 		start := time.Now()
 		var span trace.Span // nil while tracing is off
 		if tracing.Enabled() {
-			r, span = e.traceRequest(r)
+			r, span = traceRequest(r)
 		}
 		h := w.Header()
 		h["X-Content-Type-Options"] = nosniff
@@ -100,7 +100,7 @@ func (e *Edge) middleware(mux *http.ServeMux) http.Handler {
 
 // traceRequest starts the request's server span, a child of the caller's span when the request
 // carries trace context. Its name gets the route once the mux has matched one.
-func (e *Edge) traceRequest(r *http.Request) (*http.Request, trace.Span) {
+func traceRequest(r *http.Request) (*http.Request, trace.Span) {
 	ctx, span := tracing.Start(tracing.ExtractHTTP(r.Context(), r.Header), "HTTP "+methodLabel(r.Method), trace.SpanKindServer,
 		attribute.String("http.request.method", methodLabel(r.Method)))
 	return r.WithContext(ctx), span

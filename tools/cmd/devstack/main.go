@@ -16,7 +16,6 @@ import (
 	"runtime/debug"
 	"strconv"
 	"syscall"
-	"time"
 
 	"boilerhouse.dev/pkg/tracing"
 	"boilerhouse.dev/tools/devnode"
@@ -93,9 +92,7 @@ func main() {
 	shutdown, err := tracing.Setup(ctx, "boilerhouse-devstack")
 	if err == nil {
 		err = devstack.Run(ctx, cfg)
-		flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = shutdown(flush)
-		cancel()
+		_ = shutdown()
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "devstack:", err)
