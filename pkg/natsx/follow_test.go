@@ -54,20 +54,12 @@ func eventually(t *testing.T, within time.Duration, what string, ok func() bool)
 	}
 }
 
-// bucket connects twice to url and opens the KV bucket "follow" on each connection: one for the
+// bucket connects twice to srv and opens the KV bucket "follow" on each connection: one for the
 // test's writes, the other for the watch under test. Both close when the test ends.
-func bucket(t *testing.T, ctx context.Context, url string) (writer, watched jetstream.KeyValue, nc *nats.Conn) {
+func bucket(t *testing.T, ctx context.Context, srv *natstest.Server) (writer, watched jetstream.KeyValue, nc *nats.Conn) {
 	t.Helper()
 	open := func() (*nats.Conn, jetstream.KeyValue) {
-		nc, err := natsx.Connect(url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		nc, js := srv.Connect()
 		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "follow", Storage: jetstream.FileStorage})
 		if err != nil {
 			t.Fatal(err)
@@ -85,7 +77,7 @@ func TestFollowAcrossServerRestart(t *testing.T) {
 	srv := natstest.Start(t, false)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	kv, watched, nc := bucket(t, ctx, srv.URL)
+	kv, watched, nc := bucket(t, ctx, srv)
 	if _, err := kv.Put(ctx, "old", []byte("1")); err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +121,7 @@ func TestFollowRetriesFailedWatch(t *testing.T) {
 	srv := natstest.Start(t, false)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	kv, watched, nc := bucket(t, ctx, srv.URL)
+	kv, watched, nc := bucket(t, ctx, srv)
 	if _, err := kv.Put(ctx, "k", []byte("v")); err != nil {
 		t.Fatal(err)
 	}

@@ -21,15 +21,7 @@ func TestLedgerFollowsAcrossServerRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	connect := func() (*nats.Conn, jetstream.KeyValue) {
-		nc, err := natsx.Connect(srv.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		nc, js := srv.Connect()
 		if err := natsx.Provision(ctx, js, natsx.ProvisionConfig{}); err != nil {
 			t.Fatal(err)
 		}

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"boilerhouse.dev/pkg/natsx"
 )
@@ -65,4 +67,20 @@ func (n *Server) Restart() {
 		n.t.Fatalf("NATS server start again: %v", err)
 	}
 	n.srv = s
+}
+
+// Connect connects a client that reconnects by itself (natsx.Connect), closed when the test
+// ends, and returns it with its JetStream context.
+func (n *Server) Connect() (*nats.Conn, jetstream.JetStream) {
+	n.t.Helper()
+	nc, err := natsx.Connect(n.URL)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return nc, js
 }
