@@ -158,6 +158,9 @@ type ReleaseRequest struct {
 	// Force releases without saving the overlay; the stored versions are
 	// kept.
 	Force bool `json:"force,omitempty"`
+	// WaitMillis bounds how long the reply may wait for the release to
+	// end; 0 means the server's default.
+	WaitMillis int64 `json:"waitMillis,omitempty"`
 }
 
 // Validate checks the tenant id, the workload name and the reason, if set.

@@ -35,7 +35,7 @@ func TestJSONRoundTrip(t *testing.T) {
 		{"ClaimRequest minimal", &ClaimRequest{TenantID: "a", Workload: "w"}},
 		{"ClaimView", &view},
 		{"ClaimView minimal", &ClaimView{TenantID: "a", Phase: PhasePending}},
-		{"ReleaseRequest", &ReleaseRequest{TenantID: "org.acme", Workload: "my-agent", Reason: ReasonClaimDeleted, Force: true}},
+		{"ReleaseRequest", &ReleaseRequest{TenantID: "org.acme", Workload: "my-agent", Reason: ReasonClaimDeleted, Force: true, WaitMillis: 5000}},
 		{"ClaimGetRequest", &ClaimGetRequest{TenantID: "org.acme", Workload: "my-agent"}},
 		{"TenantGetRequest", &TenantGetRequest{TenantID: "org.acme"}},
 		{"TenantView", &TenantView{TenantID: "org.acme", Claims: []ClaimView{view, {TenantID: "org.acme", Workload: "other", Phase: PhaseError, Detail: "boom"}}}},

@@ -470,6 +470,27 @@ func TestExtractRetries(t *testing.T) {
 	}
 }
 
+// TestReleaseWait: a release answers Releasing when its WaitMillis ends first, and goes on
+// to Released.
+func TestReleaseWait(t *testing.T) {
+	env := newEnv(t, map[string]int{"notes": 2})
+	env.pool.setOverlays("notes", "")
+	env.startRouter(Config{ExtractBackoff: []time.Duration{time.Second}})
+	v, err := env.claim(messages.ClaimRequest{TenantID: "alice", Workload: "notes"})
+	mustActive(t, v, err, messages.SourcePool)
+	env.ov.set(func(o *testOverlays) { o.failExtract = 1 })
+	start := time.Now()
+	rel, err := env.release(messages.ReleaseRequest{TenantID: "alice", Workload: "notes", WaitMillis: 100})
+	mustPhase(t, "release", rel, err, messages.PhaseReleasing)
+	if d := time.Since(start); d > 900*time.Millisecond {
+		t.Fatalf("answered after %s; the wait was 100ms and the retry 1s away", d)
+	}
+	eventually(t, 10*time.Second, "released", func() (bool, string) {
+		rec := env.record("alice", "notes").Record
+		return rec.Phase == messages.PhaseReleased, string(rec.Phase)
+	})
+}
+
 func TestForceRelease(t *testing.T) {
 	env := newEnv(t, map[string]int{"notes": 2})
 	env.pool.setOverlays("notes", "")

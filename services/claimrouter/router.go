@@ -417,7 +417,7 @@ func (r *Router) Claim(ctx context.Context, req messages.ClaimRequest) (messages
 		return zero, err
 	}
 	key := messages.ClaimKey(req.TenantID, req.Workload)
-	deadline := time.Now().Add(r.claimWait(req.WaitMillis))
+	deadline := time.Now().Add(r.wait(req.WaitMillis))
 	for range maxDecisions {
 		epoch := r.flights.epoch(key)
 		cur, err := r.store.Get(ctx, key)
@@ -594,7 +594,9 @@ func (r *Router) claimFromPool(ctx context.Context, req messages.ClaimRequest, k
 	return e, fastActive, nil
 }
 
-func (r *Router) claimWait(millis int64) time.Duration {
+// wait is how long a request waits for its claim to settle: WaitMillis, or
+// DefaultWait when 0, capped at MaxWait.
+func (r *Router) wait(millis int64) time.Duration {
 	if millis <= 0 {
 		return r.cfg.DefaultWait
 	}
@@ -612,7 +614,8 @@ func (r *Router) claimWait(millis int64) time.Duration {
 // is retry (the same saga again) or force (retire without saving; also
 // ReleaseRequest.Force). Retry of an Active or Pending claim is a
 // conflict. A pair that never had a claim is not_found. The reply waits up
-// to DefaultWait for the release to finish, then answers the current view.
+// up to WaitMillis (default DefaultWait) for the release to finish, then
+// answers the current view.
 func (r *Router) Release(ctx context.Context, req messages.ReleaseRequest) (messages.ClaimView, error) {
 	var zero messages.ClaimView
 	if err := req.Validate(); err != nil {
@@ -629,7 +632,7 @@ func (r *Router) Release(ctx context.Context, req messages.ReleaseRequest) (mess
 		reason = messages.ReasonAPI
 	}
 	key := messages.ClaimKey(req.TenantID, req.Workload)
-	deadline := time.Now().Add(r.cfg.DefaultWait)
+	deadline := time.Now().Add(r.wait(req.WaitMillis))
 	for range maxDecisions {
 		cur, err := r.store.Get(ctx, key)
 		if err != nil {

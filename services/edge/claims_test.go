@@ -86,7 +86,7 @@ func TestClaimRequestReachesRouter(t *testing.T) {
 	if !ok || got.TenantID != "org.acme" || got.Workload != "pooled" || got.ResumeOrDefault() || got.RequestID != "abc-123" {
 		t.Fatalf("router received %+v (seen %v)", got, ok)
 	}
-	if got.WaitMillis != DefaultClaimWait.Milliseconds() {
+	if got.WaitMillis != DefaultWait.Milliseconds() {
 		t.Fatalf("default wait sent as %d ms", got.WaitMillis)
 	}
 	for _, tc := range []struct {
@@ -95,7 +95,7 @@ func TestClaimRequestReachesRouter(t *testing.T) {
 	}{
 		{"wait=2.5", 2500},
 		{"wait=10s", 10000},
-		{"wait=10m", MaxClaimWait.Milliseconds()},
+		{"wait=10m", MaxWait.Milliseconds()},
 		{"wait=0", 1},
 	} {
 		expect(t, e.do(t, "POST", "/api/v1/tenants/waiter/claim?"+tc.query, `{"workload":"pooled"}`), 201)
@@ -188,8 +188,38 @@ func TestClaimDeadline(t *testing.T) {
 	if eb := r.errorBody(t); eb.Code != "deadline_exceeded" {
 		t.Fatalf("code %q", eb.Code)
 	}
-	if d := time.Since(start); d < claimReplyMargin || d > claimReplyMargin+2*time.Second {
-		t.Fatalf("answered after %v, want about %v", d, claimReplyMargin)
+	if d := time.Since(start); d < replyMargin || d > replyMargin+2*time.Second {
+		t.Fatalf("answered after %v, want about %v", d, replyMargin)
+	}
+}
+
+// TestReleaseWait: a release sends its ?wait= (default DefaultWait) to the router, and when
+// no answer comes within wait + margin the edge answers 504 on its own, as for a claim.
+func TestReleaseWait(t *testing.T) {
+	e := startEdge(t)
+	for _, tc := range []struct {
+		path string
+		want int64
+	}{
+		{"/release", DefaultWait.Milliseconds()},
+		{"/release?wait=2s", 2000},
+		{"/release/retry?wait=10m", MaxWait.Milliseconds()},
+		{"/release/force?wait=0", 1},
+	} {
+		expect(t, e.do(t, "POST", "/api/v1/tenants/leaver"+tc.path, `{"workload":"pooled"}`), 200)
+		if got, _ := router.lastRelease("leaver"); got.WaitMillis != tc.want {
+			t.Errorf("%s sent WaitMillis %d, want %d", tc.path, got.WaitMillis, tc.want)
+		}
+	}
+	expect(t, e.do(t, "POST", "/api/v1/tenants/leaver/release?wait=forever", `{"workload":"pooled"}`), 400)
+	start := time.Now()
+	r := e.do(t, "POST", "/api/v1/tenants/patient/release?wait=0", `{"workload":"stuck"}`)
+	expect(t, r, http.StatusGatewayTimeout)
+	if eb := r.errorBody(t); eb.Code != "deadline_exceeded" {
+		t.Fatalf("code %q", eb.Code)
+	}
+	if d := time.Since(start); d < replyMargin || d > replyMargin+2*time.Second {
+		t.Fatalf("answered after %v, want about %v", d, replyMargin)
 	}
 }
 

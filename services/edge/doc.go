@@ -19,12 +19,13 @@
 //	         Errors: 400 bad tenant/workload/JSON/wait, 404 not_found, 409 conflict (ReleaseFailed),
 //	         429 + Retry-After capacity_exhausted, 503 + Retry-After no claim-router/NATS down,
 //	         504 no answer within wait + 3 s.
-//	POST   /api/v1/tenants/{id}/release       {"workload"|"workloadRef", "force"?}
-//	         200 Released (or already ended in Error), 202 Releasing, 502 ReleaseFailed (view),
-//	         404 no such claim, 400, 503, 504.
-//	POST   /api/v1/tenants/{id}/release/retry  {"workload"|"workloadRef"}  release again a
+//	POST   /api/v1/tenants/{id}/release?wait=   {"workload"|"workloadRef", "force"?}
+//	         200 Released (or already ended in Error), 202 Releasing when the wait (as for a
+//	         claim) ended first, 502 ReleaseFailed (view), 404 no such claim, 400, 503,
+//	         504 no answer within wait + 3 s.
+//	POST   /api/v1/tenants/{id}/release/retry?wait=  {"workload"|"workloadRef"}  release again a
 //	         ReleaseFailed claim (reason retry); answered like release.
-//	POST   /api/v1/tenants/{id}/release/force  {"workload"|"workloadRef"}  release without
+//	POST   /api/v1/tenants/{id}/release/force?wait=  {"workload"|"workloadRef"}  release without
 //	         saving the overlay (reason force; stored versions kept); answered like release.
 //	GET    /api/v1/tenants/{id}/claims/{workload}   200 claim view, 404
 //	GET    /api/v1/tenants/{id}               200 {"tenantId","claims":[...]}, 404 when no claims

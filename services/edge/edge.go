@@ -24,7 +24,6 @@ const (
 	DefaultNamespace      = "boilerhouse"
 	DefaultDrainTimeout   = 15 * time.Second
 	DefaultRequestTimeout = 10 * time.Second
-	DefaultReleaseTimeout = 2 * time.Minute
 )
 
 // Config configures an [Edge].
@@ -57,9 +56,6 @@ type Config struct {
 	// RequestTimeout bounds NATS requests other than claim and release and
 	// each Kubernetes call (default 10s).
 	RequestTimeout time.Duration
-	// ReleaseTimeout bounds a release, which saves the tenant's overlay
-	// (default 2m).
-	ReleaseTimeout time.Duration
 	// RestConfig reaches the API server's pods/log and pods/exec for the
 	// instance logs and exec routes (client-go). If nil, those routes answer
 	// 503; the other instance routes use Client.
@@ -102,9 +98,6 @@ func New(cfg Config) (*Edge, error) {
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
-	}
-	if cfg.ReleaseTimeout <= 0 {
-		cfg.ReleaseTimeout = DefaultReleaseTimeout
 	}
 	if cfg.ExecTimeout <= 0 {
 		cfg.ExecTimeout = DefaultExecTimeout
@@ -153,7 +146,7 @@ func (e *Edge) Serve(ctx context.Context, ln net.Listener) error {
 		Handler:           e.handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
-		// No WriteTimeout: a claim may wait up to MaxClaimWait; every
+		// No WriteTimeout: a claim may wait up to MaxWait; every
 		// request is bounded by its own context instead.
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,

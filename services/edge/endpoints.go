@@ -77,7 +77,6 @@ type backend struct {
 	kube           client.Client
 	namespace      string
 	requestTimeout time.Duration
-	releaseTimeout time.Duration
 	execTimeout    time.Duration
 	// restConfig and clientset reach pods/log and pods/exec; nil without
 	// Config.RestConfig.
@@ -107,14 +106,14 @@ func newBackend(cfg *Config) (*backend, error) {
 		kube:           cfg.Client,
 		namespace:      cfg.Namespace,
 		requestTimeout: cfg.RequestTimeout,
-		releaseTimeout: cfg.ReleaseTimeout,
 		execTimeout:    cfg.ExecTimeout,
 		restConfig:     cfg.RestConfig,
 		clientset:      cs,
-		// The claim client's own timeout is the longest allowed; each
-		// request narrows it to its wait plus a margin through its context.
-		claim:        bus.Client[messages.ClaimRequest, messages.ClaimView](nc, messages.SubjectClaimsClaim, MaxClaimWait+claimReplyMargin),
-		release:      bus.Client[messages.ReleaseRequest, messages.ClaimView](nc, messages.SubjectClaimsRelease, cfg.ReleaseTimeout),
+		// The claim and release clients' own timeout is the longest
+		// allowed; each request narrows it to its wait plus a margin
+		// through its context.
+		claim:        bus.Client[messages.ClaimRequest, messages.ClaimView](nc, messages.SubjectClaimsClaim, MaxWait+replyMargin),
+		release:      bus.Client[messages.ReleaseRequest, messages.ClaimView](nc, messages.SubjectClaimsRelease, MaxWait+replyMargin),
 		getClaim:     bus.Client[messages.ClaimGetRequest, messages.ClaimView](nc, messages.SubjectClaimsGet, cfg.RequestTimeout),
 		getTenant:    bus.Client[messages.TenantGetRequest, messages.TenantView](nc, messages.SubjectTenantsGet, cfg.RequestTimeout),
 		listTenants:  bus.Client[messages.TenantListRequest, messages.TenantList](nc, messages.SubjectTenantsList, cfg.RequestTimeout),
@@ -159,7 +158,7 @@ func (b *backend) claimEndpoint(ctx context.Context, request any) (any, error) {
 	if err := b.natsReady(); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, req.wait+claimReplyMargin)
+	ctx, cancel := context.WithTimeout(ctx, req.wait+replyMargin)
 	defer cancel()
 	view, err := b.claim(ctx, req.msg)
 	if err != nil {
@@ -171,15 +170,17 @@ func (b *backend) claimEndpoint(ctx context.Context, request any) (any, error) {
 }
 
 func (b *backend) releaseEndpoint(ctx context.Context, request any) (any, error) {
-	req := request.(messages.ReleaseRequest)
+	req := request.(releaseRequest)
 	if err := b.natsReady(); err != nil {
 		return nil, err
 	}
-	view, err := b.release(ctx, req)
+	ctx, cancel := context.WithTimeout(ctx, req.wait+replyMargin)
+	defer cancel()
+	view, err := b.release(ctx, req.msg)
 	if err != nil {
 		return nil, err
 	}
-	fillView(&view, req.TenantID, req.Workload)
+	fillView(&view, req.msg.TenantID, req.msg.Workload)
 	return viewReply(&view, releaseStatus(&view), 0, "release"), nil
 }
 

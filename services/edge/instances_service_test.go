@@ -143,15 +143,17 @@ func TestCappedBufferAndExecReply(t *testing.T) {
 }
 
 func TestReasonReleaseRequest(t *testing.T) {
-	r, err := newReasonReleaseRequest("alice", &claimBody{WorkloadRef: "agent"}, messages.ReasonForce)
-	if err != nil || r != (messages.ReleaseRequest{TenantID: "alice", Workload: "agent", Reason: messages.ReasonForce, Force: true}) {
+	r, err := newReasonReleaseRequest("alice", &claimBody{WorkloadRef: "agent"}, messages.ReasonForce, DefaultWait)
+	if err != nil || r != (releaseRequest{wait: DefaultWait, msg: messages.ReleaseRequest{TenantID: "alice", Workload: "agent",
+		Reason: messages.ReasonForce, Force: true, WaitMillis: 30000}}) {
 		t.Errorf("force = %+v, %v", r, err)
 	}
-	r, err = newReasonReleaseRequest("alice", &claimBody{Workload: "agent", Force: true}, messages.ReasonRetry)
-	if err != nil || r != (messages.ReleaseRequest{TenantID: "alice", Workload: "agent", Reason: messages.ReasonRetry}) {
+	r, err = newReasonReleaseRequest("alice", &claimBody{Workload: "agent", Force: true}, messages.ReasonRetry, 0)
+	if err != nil || r != (releaseRequest{msg: messages.ReleaseRequest{TenantID: "alice", Workload: "agent",
+		Reason: messages.ReasonRetry, WaitMillis: 1}}) {
 		t.Errorf("retry = %+v, %v", r, err)
 	}
-	if _, err := newReasonReleaseRequest("alice", &claimBody{}, messages.ReasonRetry); err == nil {
+	if _, err := newReasonReleaseRequest("alice", &claimBody{}, messages.ReasonRetry, DefaultWait); err == nil {
 		t.Error("no workload accepted")
 	}
 }

@@ -154,7 +154,7 @@ func (f *fakeRouter) claim(ctx context.Context, req messages.ClaimRequest) (mess
 	return v, nil
 }
 
-func (f *fakeRouter) release(_ context.Context, req messages.ReleaseRequest) (messages.ClaimView, error) {
+func (f *fakeRouter) release(ctx context.Context, req messages.ReleaseRequest) (messages.ClaimView, error) {
 	f.mu.Lock()
 	f.releases[req.TenantID] = req
 	f.mu.Unlock()
@@ -168,6 +168,10 @@ func (f *fakeRouter) release(_ context.Context, req messages.ReleaseRequest) (me
 		v.Phase = messages.PhaseReleasing
 	case "stubborn":
 		v.Phase, v.Detail = messages.PhaseReleaseFailed, "extract overlay: exec failed"
+	case "stuck":
+		// A router that died holding the request: the edge's own deadline must fire.
+		<-ctx.Done()
+		return v, ctx.Err()
 	default:
 		return v, messages.Errorf(messages.CodeNotFound, "no claim for tenant %q and workload %q", req.TenantID, req.Workload)
 	}

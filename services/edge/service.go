@@ -28,17 +28,19 @@ import (
 // of every answer and the shape of response bodies. Nothing here does I/O, so
 // all of it is table-tested in service_test.go.
 
-// Claim waiting.
+// Waiting for a claim or a release.
 const (
-	// DefaultClaimWait is how long a claim request waits for the claim to
-	// become Active when the caller does not say (?wait=).
-	DefaultClaimWait = 30 * time.Second
-	// MaxClaimWait caps ?wait=; longer values are cut to it.
-	MaxClaimWait = 5 * time.Minute
-	// claimReplyMargin is added to the wait to get the NATS request timeout,
-	// so the claim-router's Pending answer at the end of the wait still
-	// arrives before the edge gives up.
-	claimReplyMargin = 3 * time.Second
+	// DefaultWait is how long a claim request waits for the claim to
+	// become Active, and a release for the release to end, when the caller
+	// does not say (?wait=).
+	DefaultWait = 30 * time.Second
+	// MaxWait caps ?wait=; longer values are cut to it.
+	MaxWait = 5 * time.Minute
+	// replyMargin is added to the wait to get the NATS request timeout,
+	// so the claim-router's answer at the end of the wait (Pending,
+	// Releasing) still arrives before the edge gives up; a claim-router
+	// that died holding the request costs no more than that.
+	replyMargin = 3 * time.Second
 )
 
 // Retry-After values (seconds) for answers that are worth retrying.
@@ -217,19 +219,19 @@ func jsonTypeName(goKind string) string {
 }
 
 // parseWait reads ?wait=: a Go duration ("10s", "1m30s", "500ms") or a
-// number of seconds ("10", "2.5"). Empty means [DefaultClaimWait]; longer
-// than [MaxClaimWait] is cut to it; negative or malformed is a 400.
+// number of seconds ("10", "2.5"). Empty means [DefaultWait]; longer
+// than [MaxWait] is cut to it; negative or malformed is a 400.
 func parseWait(raw string) (time.Duration, error) {
 	if raw == "" {
-		return DefaultClaimWait, nil
+		return DefaultWait, nil
 	}
 	var d time.Duration
 	if secs, err := strconv.ParseFloat(raw, 64); err == nil {
 		if math.IsNaN(secs) || math.IsInf(secs, 0) {
 			return 0, badRequest("wait %q must be a duration like \"10s\" or a number of seconds", raw)
 		}
-		if secs > MaxClaimWait.Seconds() {
-			secs = MaxClaimWait.Seconds()
+		if secs > MaxWait.Seconds() {
+			secs = MaxWait.Seconds()
 		}
 		d = time.Duration(secs * float64(time.Second))
 	} else {
@@ -241,7 +243,7 @@ func parseWait(raw string) (time.Duration, error) {
 	if d < 0 {
 		return 0, badRequest("wait %q must not be negative", raw)
 	}
-	return min(d, MaxClaimWait), nil
+	return min(d, MaxWait), nil
 }
 
 // waitMillis is the contract's WaitMillis for a wait. 0 means "the server's
@@ -298,16 +300,19 @@ func newClaimRequest(tenant string, body *claimBody, wait time.Duration, request
 }
 
 // newReleaseRequest builds the claim-router release request.
-func newReleaseRequest(tenant string, body *claimBody) (messages.ReleaseRequest, error) {
-	w := body.workload()
-	if err := validateWorkloadRef(w); err != nil {
-		return messages.ReleaseRequest{}, err
-	}
+func newReleaseRequest(tenant string, body *claimBody, wait time.Duration) (releaseRequest, error) {
 	reason := messages.ReasonAPI
 	if body.Force {
 		reason = messages.ReasonForce
 	}
-	return messages.ReleaseRequest{TenantID: tenant, Workload: w, Reason: reason, Force: body.Force}, nil
+	return newReasonReleaseRequest(tenant, body, reason, wait)
+}
+
+// releaseRequest is a decoded release: the contract's request and the wait
+// that bounds the NATS request.
+type releaseRequest struct {
+	msg  messages.ReleaseRequest
+	wait time.Duration
 }
 
 // reply is a successful (or view-carrying) answer: status, JSON body and
@@ -620,12 +625,13 @@ type deletedBody struct {
 // /api/v1/tenants/{id}/release/retry (reason retry: a ReleaseFailed claim
 // runs its release again) and /release/force (reason force: release without
 // saving the overlay; the stored versions are kept).
-func newReasonReleaseRequest(tenant string, body *claimBody, reason messages.ReleaseReason) (messages.ReleaseRequest, error) {
+func newReasonReleaseRequest(tenant string, body *claimBody, reason messages.ReleaseReason, wait time.Duration) (releaseRequest, error) {
 	w := body.workload()
 	if err := validateWorkloadRef(w); err != nil {
-		return messages.ReleaseRequest{}, err
+		return releaseRequest{}, err
 	}
-	return messages.ReleaseRequest{TenantID: tenant, Workload: w, Reason: reason, Force: reason == messages.ReasonForce}, nil
+	return releaseRequest{wait: wait, msg: messages.ReleaseRequest{TenantID: tenant, Workload: w, Reason: reason,
+		Force: reason == messages.ReasonForce, WaitMillis: waitMillis(wait)}}, nil
 }
 
 // ---- instances (managed Pods) ----------------------------------------------

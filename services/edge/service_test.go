@@ -25,7 +25,7 @@ func TestParseWait(t *testing.T) {
 		want    time.Duration
 		wantErr string
 	}{
-		{"", DefaultClaimWait, ""},
+		{"", DefaultWait, ""},
 		{"10s", 10 * time.Second, ""},
 		{"500ms", 500 * time.Millisecond, ""},
 		{"1m30s", 90 * time.Second, ""},
@@ -33,9 +33,9 @@ func TestParseWait(t *testing.T) {
 		{"2.5", 2500 * time.Millisecond, ""},
 		{"0", 0, ""},
 		{"0s", 0, ""},
-		{"10m", MaxClaimWait, ""},
-		{"100000", MaxClaimWait, ""},
-		{"1e300", MaxClaimWait, ""},
+		{"10m", MaxWait, ""},
+		{"100000", MaxWait, ""},
+		{"1e300", MaxWait, ""},
 		{"-1", 0, "must not be negative"},
 		{"-5s", 0, "must not be negative"},
 		{"soon", 0, `wait "soon" must be a duration`},
@@ -62,7 +62,7 @@ func TestWaitMillis(t *testing.T) {
 		time.Millisecond:        1,
 		1500 * time.Microsecond: 2,
 		30 * time.Second:        30000,
-		MaxClaimWait:            300000,
+		MaxWait:                 300000,
 	} {
 		if got := waitMillis(d); got != want {
 			t.Errorf("waitMillis(%v) = %d, want %d", d, got, want)
@@ -251,12 +251,12 @@ func TestNewClaimRequest(t *testing.T) {
 	if _, err := newClaimRequest("t", &claimBody{Workload: "Bad_Name"}, 0, ""); classify(err).Status != 400 || !strings.Contains(err.Error(), "DNS-1123") {
 		t.Fatalf("bad workload: %v", err)
 	}
-	rel, err := newReleaseRequest("t", &claimBody{Workload: "a", Force: true})
-	if err != nil || rel.Reason != messages.ReasonForce || !rel.Force {
+	rel, err := newReleaseRequest("t", &claimBody{Workload: "a", Force: true}, DefaultWait)
+	if err != nil || rel.msg.Reason != messages.ReasonForce || !rel.msg.Force || rel.wait != DefaultWait || rel.msg.WaitMillis != 30000 {
 		t.Fatalf("force release: %+v %v", rel, err)
 	}
-	rel, _ = newReleaseRequest("t", &claimBody{Workload: "a"})
-	if rel.Reason != messages.ReasonAPI || rel.Validate() != nil {
+	rel, _ = newReleaseRequest("t", &claimBody{Workload: "a"}, time.Second)
+	if rel.msg.Reason != messages.ReasonAPI || rel.msg.Validate() != nil || rel.msg.WaitMillis != 1000 {
 		t.Fatalf("release: %+v", rel)
 	}
 }

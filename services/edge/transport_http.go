@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/go-kit/kit/endpoint"
 	httptransport "github.com/go-kit/kit/transport/http"
@@ -125,11 +126,7 @@ func decodeClaim(_ context.Context, r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var rawWait string
-	if r.URL.RawQuery != "" {
-		rawWait = r.URL.Query().Get("wait")
-	}
-	wait, err := parseWait(rawWait)
+	wait, err := queryWait(r)
 	if err != nil {
 		return nil, err
 	}
@@ -144,8 +141,23 @@ func decodeClaim(_ context.Context, r *http.Request) (any, error) {
 	return claimRequest{msg: msg, wait: wait}, nil
 }
 
+// queryWait reads ?wait= (DefaultWait when absent).
+func queryWait(r *http.Request) (time.Duration, error) {
+	var raw string
+	if r.URL.RawQuery != "" {
+		raw = r.URL.Query().Get("wait")
+	}
+	return parseWait(raw)
+}
+
+// decodeRelease reads POST /api/v1/tenants/{id}/release?wait=, checked in
+// the order of decodeClaim.
 func decodeRelease(_ context.Context, r *http.Request) (any, error) {
 	tenant, err := pathTenant(r)
+	if err != nil {
+		return nil, err
+	}
+	wait, err := queryWait(r)
 	if err != nil {
 		return nil, err
 	}
@@ -153,14 +165,18 @@ func decodeRelease(_ context.Context, r *http.Request) (any, error) {
 	if err := readJSON(r, &body); err != nil {
 		return nil, err
 	}
-	return newReleaseRequest(tenant, &body)
+	return newReleaseRequest(tenant, &body, wait)
 }
 
-// decodeReasonRelease reads POST /api/v1/tenants/{id}/release/retry and
-// /release/force: {"workload"|"workloadRef"}.
+// decodeReasonRelease reads POST /api/v1/tenants/{id}/release/retry?wait=
+// and /release/force?wait=: {"workload"|"workloadRef"}.
 func decodeReasonRelease(reason messages.ReleaseReason) httptransport.DecodeRequestFunc {
 	return func(_ context.Context, r *http.Request) (any, error) {
 		tenant, err := pathTenant(r)
+		if err != nil {
+			return nil, err
+		}
+		wait, err := queryWait(r)
 		if err != nil {
 			return nil, err
 		}
@@ -168,7 +184,7 @@ func decodeReasonRelease(reason messages.ReleaseReason) httptransport.DecodeRequ
 		if err := readJSON(r, &body); err != nil {
 			return nil, err
 		}
-		return newReasonReleaseRequest(tenant, &body, reason)
+		return newReasonReleaseRequest(tenant, &body, reason, wait)
 	}
 }
 
