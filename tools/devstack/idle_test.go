@@ -1,7 +1,6 @@
 package devstack_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -22,28 +21,13 @@ import (
 	"boilerhouse.dev/services/idlereaper"
 )
 
-// reaper starts an idle-reaper on its own connection; the returned function kills it.
+// reaper starts an idle-reaper; the returned function kills it (killable).
 func (s *system) reaper() (kill func()) {
 	s.t.Helper()
-	nc, err := natsx.Connect(s.nats.URL)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	r, err := idlereaper.New(idlereaper.Config{Conn: nc, RestConfig: plane.Config, Namespace: ns})
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(s.ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	var once sync.Once
-	kill = func() { once.Do(func() { nc.Close(); cancel(); <-done }) }
-	s.t.Cleanup(kill)
-	select {
-	case <-r.Ready():
-	case <-time.After(30 * time.Second):
-		s.t.Fatal("idle-reaper not ready")
-	}
+	r, kill := killable(s, func(nc *nats.Conn) (*idlereaper.Reaper, error) {
+		return idlereaper.New(idlereaper.Config{Conn: nc, RestConfig: plane.Config, Namespace: ns})
+	})
+	s.ready("idle-reaper", r.Ready())
 	return kill
 }
 

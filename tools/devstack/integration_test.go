@@ -60,33 +60,38 @@ type system struct {
 	client client.Client
 	claim  bus.Handler[messages.ClaimRequest, messages.ClaimView]
 	kv     jetstream.KeyValue
+	wg     sync.WaitGroup
+	conns  []*nats.Conn
 }
 
-// startSystem runs NATS (restartable, see natstest), the dev node, pool-manager and edge for the whole
-// test, and a claim-router that the returned stop function kills.
+// startSystem runs NATS (restartable, see natstest), the dev node, pool-manager and edge for the
+// whole test; claim-routers and overlay-stores are started by the test (killable).
 func startSystem(t *testing.T) *system {
 	t.Helper()
+	s := startBase(t)
+	pm, err := poolmanager.New(poolmanager.Config{RestConfig: plane.Config, NATS: s.conn(), Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.goRun("pool-manager", pm.Run)
+	s.ready("pool-manager", pm.Ready())
+	return s
+}
+
+// startBase runs NATS, the dev node and edge for the whole test, and no pool-manager.
+func startBase(t *testing.T) *system {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	goRun := func(name string, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(ctx); err != nil && ctx.Err() == nil {
-				t.Errorf("%s: %v", name, err)
-			}
-		}()
-	}
-	natsSrv := natstest.Start(t, false)
-	conn := func() *nats.Conn {
-		nc, err := natsx.Connect(natsSrv.URL)
-		if err != nil {
-			t.Fatal(err)
+	s := &system{t: t, ctx: ctx, nats: natstest.Start(t, false), client: plane.Client}
+	t.Cleanup(func() {
+		// The services stop before their connections close.
+		cancel()
+		s.wg.Wait()
+		for _, nc := range s.conns {
+			nc.Close()
 		}
-		t.Cleanup(nc.Close)
-		return nc
-	}
-	nc := conn()
+	})
+	nc := s.conn()
 	js, _ := jetstream.New(nc)
 	if err := natsx.Provision(ctx, js, natsx.ProvisionConfig{}); err != nil {
 		t.Fatal(err)
@@ -95,18 +100,15 @@ func startSystem(t *testing.T) *system {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.kv = kv
+	s.claim = bus.Client[messages.ClaimRequest, messages.ClaimView](nc, messages.SubjectClaimsClaim, time.Minute)
 	ips, _ := devnode.ParseIPRange("127.90.0.1-127.90.255.254")
 	node, err := devnode.New(devnode.Config{RestConfig: plane.Config, IPRange: ips, StateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	goRun("devnode", node.Run)
-	pm, err := poolmanager.New(poolmanager.Config{RestConfig: plane.Config, NATS: conn(), Namespace: ns})
-	if err != nil {
-		t.Fatal(err)
-	}
-	goRun("pool-manager", pm.Run)
-	ed, err := edge.New(edge.Config{NATS: conn(), Client: plane.Client, Namespace: ns})
+	s.goRun("devnode", node.Run)
+	ed, err := edge.New(edge.Config{NATS: s.conn(), Client: plane.Client, Namespace: ns})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,42 +116,73 @@ func startSystem(t *testing.T) *system {
 	if err != nil {
 		t.Fatal(err)
 	}
-	goRun("edge", func(ctx context.Context) error { return ed.Serve(ctx, ln) })
-	// Registered last so that it runs first: services stop before their connections close.
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	select {
-	case <-pm.Ready():
-	case <-time.After(time.Minute):
-		t.Fatal("pool-manager not ready")
-	}
-	return &system{t: t, ctx: ctx, nats: natsSrv, rest: "http://" + ln.Addr().String(),
-		client: plane.Client, kv: kv,
-		claim: bus.Client[messages.ClaimRequest, messages.ClaimView](nc, messages.SubjectClaimsClaim, time.Minute)}
+	s.goRun("edge", func(ctx context.Context) error { return ed.Serve(ctx, ln) })
+	s.rest = "http://" + ln.Addr().String()
+	return s
 }
 
-// router starts a claim-router on its own connection; the returned function kills it the way
-// a crash would: its context ends and its NATS connection drops mid-request.
-func (s *system) router(cfg claimrouter.Config) (kill func()) {
+// conn connects a client that is closed when the test ends, after the services have stopped.
+func (s *system) conn() *nats.Conn {
 	s.t.Helper()
 	nc, err := natsx.Connect(s.nats.URL)
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	cfg.Conn = nc
-	r, err := claimrouter.New(cfg)
+	s.conns = append(s.conns, nc)
+	return nc
+}
+
+// goRun runs f until the test ends; an error before then fails the test.
+func (s *system) goRun(name string, f func(context.Context) error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := f(s.ctx); err != nil && s.ctx.Err() == nil {
+			s.t.Errorf("%s: %v", name, err)
+		}
+	}()
+}
+
+func (s *system) ready(name string, ch <-chan struct{}) {
+	s.t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(time.Minute):
+		s.t.Fatalf("%s not ready", name)
+	}
+}
+
+// killable starts a service on a connection of its own; the returned function kills it the
+// way a crash would: its NATS connection drops mid-request and its context ends.
+func killable[S interface{ Run(context.Context) error }](s *system, newService func(*nats.Conn) (S, error)) (S, func()) {
+	s.t.Helper()
+	nc, err := natsx.Connect(s.nats.URL)
 	if err != nil {
+		s.t.Fatal(err)
+	}
+	svc, err := newService(nc)
+	if err != nil {
+		nc.Close()
 		s.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
+	go func() { defer close(done); _ = svc.Run(ctx) }()
 	var once sync.Once
-	kill = func() {
-		once.Do(func() { nc.Close(); cancel(); <-done })
-	}
+	kill := func() { once.Do(func() { nc.Close(); cancel(); <-done }) }
 	s.t.Cleanup(kill)
+	return svc, kill
+}
+
+// router starts a claim-router; the returned function kills it (killable).
+func (s *system) router(cfg claimrouter.Config) (kill func()) {
+	s.t.Helper()
+	_, kill = killable(s, func(nc *nats.Conn) (*claimrouter.Router, error) {
+		cfg.Conn = nc
+		return claimrouter.New(cfg)
+	})
 	// Serving once it answers: a request sent before its subscriptions exist has no responder.
-	list := bus.Client[messages.TenantListRequest, messages.TenantList](nc, messages.SubjectTenantsList, time.Second)
+	list := bus.Client[messages.TenantListRequest, messages.TenantList](s.conn(), messages.SubjectTenantsList, time.Second)
 	eventually(s.t, "claim-router serving", 30*time.Second, func() bool {
 		_, err := list(s.ctx, messages.TenantListRequest{})
 		return err == nil
@@ -157,28 +190,13 @@ func (s *system) router(cfg claimrouter.Config) (kill func()) {
 	return kill
 }
 
-// store starts an overlay-store on dir; the returned function kills it like a crash.
+// store starts an overlay-store on dir; the returned function kills it (killable).
 func (s *system) store(dir string) (kill func()) {
 	s.t.Helper()
-	nc, err := natsx.Connect(s.nats.URL)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	st, err := overlaystore.New(overlaystore.Config{RestConfig: plane.Config, NATS: nc, Namespace: ns, StoreDir: dir})
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(s.ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = st.Run(ctx) }()
-	var once sync.Once
-	kill = func() { once.Do(func() { nc.Close(); cancel(); <-done }) }
-	s.t.Cleanup(kill)
-	select {
-	case <-st.Ready():
-	case <-time.After(30 * time.Second):
-		s.t.Fatal("overlay-store not ready")
-	}
+	st, kill := killable(s, func(nc *nats.Conn) (*overlaystore.Service, error) {
+		return overlaystore.New(overlaystore.Config{RestConfig: plane.Config, NATS: nc, Namespace: ns, StoreDir: dir})
+	})
+	s.ready("overlay-store", st.Ready())
 	return kill
 }
 

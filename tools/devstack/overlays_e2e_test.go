@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
-	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -32,13 +31,11 @@ func putFile(t *testing.T, url string, data []byte) {
 
 func getFile(t *testing.T, url string) (int, []byte) {
 	t.Helper()
-	resp, err := http.Get(url)
+	status, b, err := httpGet(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
+	return status, b
 }
 
 func claimREST(t *testing.T, tenant, body string) messages.ClaimView {
