@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/run"
@@ -21,6 +22,7 @@ import (
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/pkg/tracing"
@@ -90,8 +92,16 @@ func Logger(level string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("log level %q: %w", level, err)
 	}
 	l := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-	slog.SetDefault(l)
+	UseLogger(l)
 	return l, nil
+}
+
+// UseLogger makes l the process's default logger, for slog and for controller-runtime, whose
+// clients log the API server's warnings through a global logger that, left unset, drops them
+// and prints a complaint with a stack trace instead.
+func UseLogger(l *slog.Logger) {
+	slog.SetDefault(l)
+	ctrllog.SetLogger(logr.FromSlogHandler(l.Handler()))
 }
 
 // RunUntilSignal runs service until it fails or SIGINT/SIGTERM asks it to stop; a stop by

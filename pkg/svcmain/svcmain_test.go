@@ -1,8 +1,10 @@
 package svcmain
 
 import (
+	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/natsx"
@@ -142,5 +145,16 @@ func TestWithHealth(t *testing.T) {
 	}
 	if run := WithHealth("0", nc, nil); run != nil {
 		t.Error(`WithHealth("0") wraps the service`)
+	}
+}
+
+// TestUseLogger: controller-runtime's global logger (its clients' API server warnings) writes
+// through the logger given.
+func TestUseLogger(t *testing.T) {
+	var buf bytes.Buffer
+	UseLogger(slog.New(slog.NewTextHandler(&buf, nil)))
+	ctrllog.Log.WithName("client").Info("a warning from the API server")
+	if !strings.Contains(buf.String(), "a warning from the API server") {
+		t.Fatalf("controller-runtime's log went elsewhere: %q", buf.String())
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"syscall"
 
+	"boilerhouse.dev/pkg/svcmain"
 	"boilerhouse.dev/pkg/tracing"
 	"boilerhouse.dev/tools/devnode"
 	"boilerhouse.dev/tools/devstack"
@@ -77,6 +78,7 @@ func main() {
 		h = slog.NewJSONHandler(os.Stderr, nil)
 	}
 	cfg.Logger = slog.New(h)
+	svcmain.UseLogger(cfg.Logger)
 	cfg.Ready = func(i devstack.Info) {
 		fmt.Printf("\nBoilerhouse is up.\n  REST        %s\n  NATS        %s\n  kubeconfig  %s\n  tools       export PATH=%s/bin:$PATH\n\n",
 			i.REST, i.NATS, i.Kubeconfig, i.StateDir)
