@@ -21,8 +21,10 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -261,12 +263,13 @@ func TestDeployBase(t *testing.T) {
 			t.Errorf("services deployed %v, images built %v", services, images.Services)
 		}
 		want := map[string][]string{
-			"Deployment":     services,
-			"ServiceAccount": append(slices.Clone(services), "nats"),
-			"Role":           without(services, "claim-router"),
-			"RoleBinding":    without(services, "claim-router"),
-			"StatefulSet":    {"nats"},
-			"Service":        {"edge", "nats", "nats-headless"},
+			"Deployment":          services,
+			"ServiceAccount":      append(slices.Clone(services), "nats"),
+			"Role":                without(services, "claim-router"),
+			"RoleBinding":         without(services, "claim-router"),
+			"StatefulSet":         {"nats"},
+			"Service":             {"edge", "nats", "nats-headless"},
+			"PodDisruptionBudget": append(slices.Clone(services), "nats"),
 		}
 		for kind, names := range want {
 			got := slices.Sorted(slices.Values(kinds[kind]))
@@ -277,6 +280,51 @@ func TestDeployBase(t *testing.T) {
 		for _, kind := range []string{"ClusterRole", "ClusterRoleBinding"} {
 			if len(kinds[kind]) > 0 {
 				t.Errorf("cluster-scoped RBAC %s %v: nothing needs cluster scope", kind, kinds[kind])
+			}
+		}
+	})
+
+	// A node drain evicts at most one replica of each workload: every Deployment and
+	// StatefulSet has one PodDisruptionBudget selecting its Pods, allowing one disruption.
+	t.Run("disruption-budgets", func(t *testing.T) {
+		var pdbs []policyv1.PodDisruptionBudget
+		for _, o := range applied {
+			if o.GetKind() == "PodDisruptionBudget" {
+				var b policyv1.PodDisruptionBudget
+				fromUnstructured(t, o, &b)
+				pdbs = append(pdbs, b)
+			}
+		}
+		for _, o := range applied {
+			var template map[string]string
+			switch o.GetKind() {
+			case "Deployment":
+				var d appsv1.Deployment
+				fromUnstructured(t, o, &d)
+				template = d.Spec.Template.Labels
+			case "StatefulSet":
+				var st appsv1.StatefulSet
+				fromUnstructured(t, o, &st)
+				template = st.Spec.Template.Labels
+			default:
+				continue
+			}
+			var covering []string
+			for _, b := range pdbs {
+				sel, err := metav1.LabelSelectorAsSelector(b.Spec.Selector)
+				if err != nil {
+					t.Fatalf("PodDisruptionBudget %s: %v", b.Name, err)
+				}
+				if !sel.Empty() && sel.Matches(labels.Set(template)) {
+					covering = append(covering, b.Name)
+					if b.Spec.MaxUnavailable == nil || b.Spec.MaxUnavailable.String() != "1" || b.Spec.MinAvailable != nil {
+						t.Errorf("PodDisruptionBudget %s: maxUnavailable %v, minAvailable %v; want maxUnavailable 1 only",
+							b.Name, b.Spec.MaxUnavailable, b.Spec.MinAvailable)
+					}
+				}
+			}
+			if len(covering) != 1 {
+				t.Errorf("%s %s: its Pods are selected by the disruption budgets %v, want exactly one", o.GetKind(), o.GetName(), covering)
 			}
 		}
 	})
