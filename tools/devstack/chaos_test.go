@@ -22,24 +22,30 @@ import (
 
 	"boilerhouse.dev/messages"
 	"boilerhouse.dev/pkg/api/v1alpha1"
+	"boilerhouse.dev/pkg/naming"
 	"boilerhouse.dev/pkg/natsx"
 	"boilerhouse.dev/services/claimrouter"
+	"boilerhouse.dev/services/crsync"
 	"boilerhouse.dev/services/poolmanager"
 )
 
-// TestChaos drives claims, writes and releases for a dozen tenants while two claim-routers, two
-// pool-managers (leader-elected), the overlay-store and the NATS server are killed and started
-// again at random, then checks the invariants of DESIGN.md section 4 that the claim path owns:
+// TestChaos drives claims, writes and releases for a dozen tenants over REST and two more with
+// BoilerhouseClaim objects (create, then delete), while two claim-routers, two pool-managers and
+// two cr-syncs (both leader-elected), the overlay-store and the NATS server are killed and
+// started again at random, then checks the invariants of DESIGN.md section 4 that the claim path
+// owns:
 //
 //  1. an instance serves one tenant only, ever; a tenant's endpoint holds that tenant's data;
-//     after the chaos every Active claim has its own Pod, labelled with its tenant and workload,
+//     after the chaos every Active claim has its own Ready Pod, labelled with its tenant and workload,
 //     and every tenant Pod belongs to a claim (the orphan sweep collected the rest);
 //  2. a claim life moves only forward through the state machine (once Releasing, it ends
 //     Released or ReleaseFailed, never Active again), and a ReleaseFailed one keeps its Pod;
 //  3. a tenant's data never goes back: each life reads at least what the last release answered
 //     Released had saved;
 //  5. the pool never has more unheld live Pods than its size;
-//  6. once the chaos ends every claim settles: none stays Pending or Releasing.
+//  6. once the chaos ends every claim settles: none stays Pending or Releasing;
+//
+// and that every claim's object shows its record in the end.
 //
 // (Invariant 4, NetworkPolicies before Pods, belongs to the policy-generator.) The seed is
 // logged; BH_CHAOS_SEED replays the same choice of victims and pauses.
@@ -55,10 +61,11 @@ func TestChaos(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, seed))
 
 	const (
-		workload = "chaos"
-		poolSize = 4
-		tenants  = 12
-		chaosFor = 40 * time.Second
+		workload    = "chaos"
+		poolSize    = 4
+		tenants     = 12
+		kubeTenants = 2
+		chaosFor    = 40 * time.Second
 	)
 	s := startBase(t)
 	routerCfg := claimrouter.Config{StaleAfter: 2 * time.Second, SweepInterval: 500 * time.Millisecond,
@@ -78,6 +85,8 @@ func TestChaos(t *testing.T) {
 		{"pool-manager 1", func() func() { return s.poolManager(pmCfg) }},
 		{"pool-manager 2", func() func() { return s.poolManager(pmCfg) }},
 		{"overlay-store", func() func() { return s.store(storeDir) }},
+		{"cr-sync 1", func() func() { return s.crsyncReplica() }},
+		{"cr-sync 2", func() func() { return s.crsyncReplica() }},
 	}
 	kills := make([]func(), len(victims))
 	for i, v := range victims {
@@ -98,12 +107,17 @@ func TestChaos(t *testing.T) {
 	// The tenants' loops run until stop is closed.
 	stop := make(chan struct{})
 	owners := &instanceOwners{byInstance: map[string]string{}}
-	ts := make([]*chaosTenant, tenants)
+	ts := make([]*chaosTenant, tenants+kubeTenants)
 	var wg sync.WaitGroup
 	for i := range ts {
 		ts[i] = &chaosTenant{s: s, name: fmt.Sprintf("chaos-%d", i), workload: workload, owners: owners}
+		loop := ts[i].loop
+		if i >= tenants {
+			ts[i].name = fmt.Sprintf("kube-%d", i-tenants)
+			loop = ts[i].kubeLoop
+		}
 		wg.Add(1)
-		go func() { defer wg.Done(); ts[i].loop(stop, rand.New(rand.NewPCG(seed, uint64(i)))) }()
+		go func() { defer wg.Done(); loop(stop, rand.New(rand.NewPCG(seed, uint64(i)))) }()
 	}
 
 	// The chaos: every 0.3-1.5 s a victim dies; it comes back 0-2 s later. The NATS server is
@@ -190,6 +204,93 @@ func TestChaos(t *testing.T) {
 	}
 	if msg := podsMatchClaims(t, s, workload, claimRecords(t, s)); msg != "" {
 		t.Error(msg)
+	}
+	// cr-sync: each of those Active claims has its object, showing its instance.
+	eventually(t, "the claim objects show the final claims", time.Minute, func() bool {
+		for i, tn := range ts {
+			c, ok := s.bhc(naming.ClaimName(tn.name, workload))
+			if !ok || c.Status.Phase != v1alpha1.ClaimActive || c.Status.InstanceID != finals[i].InstanceID {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// crsyncReplica starts a leader-elected cr-sync replica; the returned function kills it
+// (killable). It is not waited for: only the leader watches the bucket (Ready).
+func (s *system) crsyncReplica() (kill func()) {
+	s.t.Helper()
+	_, kill = killable(s, func(nc *nats.Conn) (*crsync.Syncer, error) {
+		return crsync.New(crsync.Config{RestConfig: plane.Config, NATS: nc, Namespace: ns,
+			ResyncInterval: 5 * time.Second, LeaderElection: true})
+	})
+	return kill
+}
+
+// kubeLoop is loop through a BoilerhouseClaim object named after the tenant: create it, wait
+// for Active, use the instance, delete the object and wait for it to go (the release). A
+// release that fails keeps the object; it is retried over REST, as an operator would.
+func (c *chaosTenant) kubeLoop(stop <-chan struct{}, rng *rand.Rand) {
+	t, s := c.s.t, c.s
+	name := c.name
+	gone := func() bool { _, ok := s.bhc(name); return !ok }
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		time.Sleep(time.Duration(rng.IntN(100)) * time.Millisecond)
+		obj := newBHC(name, c.name, c.workload)
+		if err := s.client.Create(s.ctx, obj); err != nil {
+			t.Errorf("%s: create its claim object: %v", c.name, err)
+			return
+		}
+		c.count("kubectl create")
+		var status v1alpha1.ClaimStatus
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			cur, ok := s.bhc(name)
+			if ok {
+				status = cur.Status
+			}
+			if status.Phase == v1alpha1.ClaimActive || status.Phase == v1alpha1.ClaimError || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if status.Phase == v1alpha1.ClaimActive && status.Endpoint != nil {
+			v := messages.ClaimView{TenantID: c.name, Workload: c.workload, Phase: messages.PhaseActive, InstanceID: status.InstanceID,
+				Endpoint: &messages.Endpoint{Host: status.Endpoint.Host, Port: status.Endpoint.Port}, Source: messages.ClaimSource(status.Source)}
+			if !c.use(v) || !c.check(v) {
+				return
+			}
+		} else {
+			c.count("kubectl " + string(status.Phase))
+		}
+		if err := s.client.Delete(s.ctx, obj); err != nil {
+			t.Errorf("%s: delete its claim object: %v", c.name, err)
+			return
+		}
+		for deadline := time.Now().Add(2 * time.Minute); !gone(); time.Sleep(200 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Errorf("%s: its claim object is still there 2 minutes after its deletion", c.name)
+				return
+			}
+			if cur, ok := s.bhc(name); ok && cur.Status.Phase == v1alpha1.ClaimReleaseFailed {
+				c.count("kubectl retry")
+				c.post("/release/retry")
+			}
+		}
+		c.count("kubectl deleted")
+		// Gone once Released, Error or absent: only Released saved the data.
+		if e, err := s.kv.Get(s.ctx, messages.ClaimKey(c.name, c.workload)); err == nil {
+			var rec messages.ClaimRecord
+			if json.Unmarshal(e.Value(), &rec) == nil && rec.Phase == messages.PhaseReleased && rec.InstanceID == c.instance {
+				c.confirmed, c.instance = c.value, ""
+			}
+		}
 	}
 }
 
@@ -603,7 +704,7 @@ func claimRecords(t *testing.T, s *system) map[string]messages.ClaimRecord {
 
 // podsMatchClaims describes the first mismatch between workload's tenant Pods and the claims
 // that hold instances ("" when they match): each Active or ReleaseFailed claim has its own live
-// Pod labelled with its tenant, and no other tenant Pod lives.
+// Pod labelled with its tenant (Ready, for an Active one), and no other tenant Pod lives.
 func podsMatchClaims(t *testing.T, s *system, workload string, claims map[string]messages.ClaimRecord) string {
 	t.Helper()
 	var pods corev1.PodList
@@ -631,6 +732,9 @@ func podsMatchClaims(t *testing.T, s *system, workload string, claims map[string
 		}
 		if p.Labels[v1alpha1.LabelTenant] != rec.TenantID {
 			return fmt.Sprintf("Pod %s of %s is labelled for tenant %q", p.Name, key, p.Labels[v1alpha1.LabelTenant])
+		}
+		if rec.Phase == messages.PhaseActive && !poolmanager.PodReady(p) {
+			return fmt.Sprintf("Pod %s of the Active claim %s is not Ready", p.Name, key)
 		}
 		delete(live, rec.InstanceID)
 	}
