@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -168,6 +169,17 @@ func (p *Plane) writeKubeconfig() error {
 // elsewhere). The dev stack uses it so that, on a small machine, the product it runs comes
 // before the control plane, as on a cluster whose API server has machines of its own.
 func (p *Plane) Renice(nice int) error { return renice(p.env.BinaryAssetsDirectory, nice) }
+
+// PauseAPIServer freezes kube-apiserver (SIGSTOP) until resume is called (SIGCONT): it still
+// accepts connections but answers nothing, as in a partition or a hung server, while etcd keeps
+// its data. Outage tests use it; Linux only.
+func (p *Plane) PauseAPIServer() (resume func() error, err error) {
+	dir := p.env.BinaryAssetsDirectory
+	if err := signalAPIServer(dir, syscall.SIGSTOP); err != nil {
+		return nil, err
+	}
+	return func() error { return signalAPIServer(dir, syscall.SIGCONT) }, nil
+}
 
 // Kubectl is the path of the kubectl built next to the control plane.
 func (p *Plane) Kubectl() string { return filepath.Join(p.env.BinaryAssetsDirectory, "kubectl") }

@@ -15,7 +15,7 @@ import (
 // later inherit it from the thread that creates them, so two passes catch the ones that
 // appear meanwhile.
 func renice(dir string, nice int) error {
-	bins, err := controlPlaneBins(dir)
+	bins, err := controlPlaneBins(dir, "etcd", "kube-apiserver")
 	if err != nil {
 		return err
 	}
@@ -46,10 +46,26 @@ func renice(dir string, nice int) error {
 	return nil
 }
 
-// controlPlaneBins is the set of executables that etcd and kube-apiserver from dir run as.
-func controlPlaneBins(dir string) (map[string]bool, error) {
+// signalAPIServer sends sig to the kube-apiserver from dir that this process runs.
+func signalAPIServer(dir string, sig syscall.Signal) error {
+	bins, err := controlPlaneBins(dir, "kube-apiserver")
+	if err != nil {
+		return err
+	}
+	pids, err := children(bins)
+	if err != nil {
+		return err
+	}
+	if len(pids) != 1 {
+		return fmt.Errorf("localkube: %d kube-apiserver processes found, want 1", len(pids))
+	}
+	return syscall.Kill(pids[0], sig)
+}
+
+// controlPlaneBins is the set of executables that the named binaries from dir run as.
+func controlPlaneBins(dir string, names ...string) (map[string]bool, error) {
 	bins := map[string]bool{}
-	for _, b := range []string{"etcd", "kube-apiserver"} {
+	for _, b := range names {
 		// A link to a system etcd runs as its target.
 		path, err := filepath.EvalSymlinks(filepath.Join(dir, b))
 		if err != nil {
