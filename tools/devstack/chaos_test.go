@@ -24,6 +24,7 @@ import (
 	"boilerhouse.dev/pkg/api/v1alpha1"
 	"boilerhouse.dev/pkg/naming"
 	"boilerhouse.dev/pkg/natsx"
+	"boilerhouse.dev/pkg/natsx/natstest"
 	"boilerhouse.dev/services/claimrouter"
 	"boilerhouse.dev/services/crsync"
 	"boilerhouse.dev/services/poolmanager"
@@ -47,8 +48,9 @@ import (
 //
 // and that every claim's object shows its record in the end.
 //
-// (Invariant 4, NetworkPolicies before Pods, belongs to the policy-generator.) The seed is
-// logged; BH_CHAOS_SEED replays the same choice of victims and pauses.
+// The NATS server is killed with SIGKILL, not shut down. (Invariant 4, NetworkPolicies before
+// Pods, belongs to the policy-generator.) The seed is logged; BH_CHAOS_SEED replays the same
+// choice of victims and pauses.
 func TestChaos(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	if v := os.Getenv("BH_CHAOS_SEED"); v != "" {
@@ -67,7 +69,9 @@ func TestChaos(t *testing.T) {
 		kubeTenants = 2
 		chaosFor    = 40 * time.Second
 	)
-	s := startBase(t)
+	// The NATS server runs in a child process, so that stopping it is a crash (SIGKILL), and
+	// flushes every write, as in the dev stack.
+	s := startBaseOn(t, natstest.StartProcess(t, true))
 	routerCfg := claimrouter.Config{StaleAfter: 2 * time.Second, SweepInterval: 500 * time.Millisecond,
 		ClaimTimeout: 60 * time.Second, ExtractBackoff: []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second}}
 	pmCfg := poolmanager.Config{RestConfig: plane.Config, Namespace: ns, LeaderElection: true,
@@ -148,7 +152,7 @@ func TestChaos(t *testing.T) {
 		at := time.Since(end.Add(-chaosFor)).Round(time.Millisecond)
 		if i := rng.IntN(len(victims) + 1); i == len(victims) {
 			if natsBack.IsZero() {
-				t.Logf("%s: NATS server down", at)
+				t.Logf("%s: NATS server killed", at)
 				s.nats.Stop()
 				natsBack = back
 			}

@@ -41,6 +41,7 @@ var plane *localkube.Plane
 const ns = "boilerhouse"
 
 func TestMain(m *testing.M) {
+	natstest.ServeIfAsked() // the NATS server process of natstest.StartProcess
 	var err error
 	plane, err = localkube.Start(context.Background(), localkube.Options{Namespaces: []string{ns}})
 	if err != nil {
@@ -78,11 +79,18 @@ func startSystem(t *testing.T) *system {
 	return s
 }
 
-// startBase runs NATS, the dev node and edge for the whole test, and no pool-manager.
+// startBase runs NATS (in the test's process), the dev node and edge for the whole test, and
+// no pool-manager.
 func startBase(t *testing.T) *system {
 	t.Helper()
+	return startBaseOn(t, natstest.Start(t, false))
+}
+
+// startBaseOn is startBase on the NATS server n.
+func startBaseOn(t *testing.T, n *natstest.Server) *system {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &system{t: t, ctx: ctx, nats: natstest.Start(t, false), client: plane.Client}
+	s := &system{t: t, ctx: ctx, nats: n, client: plane.Client}
 	t.Cleanup(func() {
 		// The services stop before their connections close.
 		cancel()
