@@ -23,7 +23,7 @@ func TestNice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bins, err := controlPlaneBins(assets)
+	bins, err := controlPlaneBins(assets, "etcd", "kube-apiserver")
 	if err != nil {
 		t.Fatal(err)
 	}
