@@ -100,6 +100,9 @@ const (
 	detailVanished       = "the claim's record vanished from the claims KV bucket"
 )
 
+// claimRetry is how soon a claim request without an answer is sent again.
+const claimRetry = 2 * time.Second
+
 // Config configures a Syncer.
 type Config struct {
 	// RestConfig reaches the Kubernetes API server (required).
@@ -435,15 +438,21 @@ func (s *Syncer) sync(ctx context.Context, obj *v1alpha1.BoilerhouseClaim, key s
 			return reconcile.Result{}, client.IgnoreNotFound(err)
 		}
 	}
-	// fresh: created with kubectl and not claimed yet, or claimed without an answer (the
-	// request is idempotent, so asking again is safe).
+	// fresh: created with kubectl and not claimed yet, or asked for without a claim to show
+	// for it: no record, or only the ended record of an earlier life. The request is
+	// idempotent, so asking again is safe.
 	fresh := obj.Annotations[AnnotationOrigin] != OriginAPI && (obj.Status.Phase == "" ||
-		(rec == nil && obj.Status.Phase == v1alpha1.ClaimPending && obj.Status.Detail == detailClaimRequested))
+		(obj.Status.Phase == v1alpha1.ClaimPending && obj.Status.Detail == detailClaimRequested))
 	switch {
 	case fresh && (rec == nil || rec.Phase.Terminal()):
 		// Created with kubectl: ask for the claim. The reply comes after at most ClaimWait,
-		// usually Pending; the record's changes bring the pair back.
-		return reconcile.Result{}, s.requestClaim(ctx, obj)
+		// usually Pending; the record's changes bring the pair back. Without an answer, ask
+		// again shortly.
+		answered, err := s.requestClaim(ctx, obj)
+		if err != nil || answered {
+			return reconcile.Result{}, err
+		}
+		return reconcile.Result{RequeueAfter: claimRetry}, nil
 	case rec != nil:
 		return reconcile.Result{}, s.setStatus(ctx, obj, statusOf(rec))
 	case obj.Status.Phase == v1alpha1.ClaimReleased || obj.Status.Phase == v1alpha1.ClaimError || obj.Status.Phase == "":
@@ -456,11 +465,13 @@ func (s *Syncer) sync(ctx context.Context, obj *v1alpha1.BoilerhouseClaim, key s
 	}
 }
 
-func (s *Syncer) requestClaim(ctx context.Context, obj *v1alpha1.BoilerhouseClaim) error {
+// requestClaim asks claim-router for obj's claim; answered is false when the outcome is
+// unknown (no claim-router, NATS down, no reply in time).
+func (s *Syncer) requestClaim(ctx context.Context, obj *v1alpha1.BoilerhouseClaim) (answered bool, err error) {
 	// Mark the request first so that a crash or a lagging cache never sends it twice.
 	if obj.Status.Phase == "" {
 		if err := s.setStatus(ctx, obj, v1alpha1.ClaimStatus{Phase: v1alpha1.ClaimPending, Detail: detailClaimRequested}); err != nil {
-			return err
+			return false, err
 		}
 	}
 	v, err := s.claim(ctx, messages.ClaimRequest{TenantID: obj.Spec.TenantID, Workload: obj.Spec.WorkloadRef,
@@ -468,15 +479,15 @@ func (s *Syncer) requestClaim(ctx context.Context, obj *v1alpha1.BoilerhouseClai
 	if err != nil {
 		var me *messages.Error
 		if errors.As(err, &me) && me.Code != messages.CodeDeadlineExceeded && me.Code != messages.CodeUnavailable {
-			return s.setStatus(ctx, obj, v1alpha1.ClaimStatus{Phase: v1alpha1.ClaimError, Detail: "claim refused: " + err.Error()})
+			return true, s.setStatus(ctx, obj, v1alpha1.ClaimStatus{Phase: v1alpha1.ClaimError, Detail: "claim refused: " + err.Error()})
 		}
-		// Unknown outcome: the record, once written, drives the status; anti-entropy
-		// catches the rest.
+		// Unknown outcome: the record, once written, drives the status; until then the
+		// object stays "claim requested" and is asked for again.
 		s.log.Warn("claim request", "claim", obj.Name, "err", err)
-		return nil
+		return false, nil
 	}
 	s.log.Info("claim requested", "claim", obj.Name, "phase", v.Phase)
-	return nil
+	return true, nil
 }
 
 // finalize releases the pair's claim and lets the object go once the release is over.

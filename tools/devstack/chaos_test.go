@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
+	clientrest "k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"boilerhouse.dev/messages"
@@ -74,7 +77,7 @@ func TestChaos(t *testing.T) {
 	s := startBaseOn(t, natstest.StartProcess(t, true))
 	routerCfg := claimrouter.Config{StaleAfter: 2 * time.Second, SweepInterval: 500 * time.Millisecond,
 		ClaimTimeout: 60 * time.Second, ExtractBackoff: []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second}}
-	pmCfg := poolmanager.Config{RestConfig: plane.Config, Namespace: ns, LeaderElection: true,
+	pmCfg := poolmanager.Config{Namespace: ns, LeaderElection: true,
 		OrphanGrace: 4 * time.Second, OrphanSweep: 500 * time.Millisecond}
 	storeDir := t.TempDir()
 
@@ -221,15 +224,86 @@ func TestChaos(t *testing.T) {
 	})
 }
 
-// crsyncReplica starts a leader-elected cr-sync replica; the returned function kills it
-// (killable). It is not waited for: only the leader watches the bucket (Ready).
+// crsyncReplica starts a leader-elected cr-sync replica behind a proxy of its own, killed as
+// poolManager's are. It is not waited for: only the leader watches the bucket (Ready).
 func (s *system) crsyncReplica() (kill func()) {
 	s.t.Helper()
-	_, kill = killable(s, func(nc *nats.Conn) (*crsync.Syncer, error) {
-		return crsync.New(crsync.Config{RestConfig: plane.Config, NATS: nc, Namespace: ns,
+	proxy := newAPIProxy(s.t)
+	_, stop := killable(s, func(nc *nats.Conn) (*crsync.Syncer, error) {
+		return crsync.New(crsync.Config{RestConfig: proxy.config(), NATS: nc, Namespace: ns,
 			ResyncInterval: 5 * time.Second, LeaderElection: true})
 	})
-	return kill
+	return func() { proxy.cut(); stop() }
+}
+
+// apiProxy forwards TCP connections to the API server until it is cut; then every connection
+// drops and new ones are refused, as for a process that died.
+type apiProxy struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns map[net.Conn]bool
+}
+
+func newAPIProxy(t *testing.T) *apiProxy {
+	t.Helper()
+	target, err := url.Parse(plane.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &apiProxy{ln: ln, conns: map[net.Conn]bool{}}
+	t.Cleanup(p.cut)
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target.Host)
+			if err != nil || !p.track(in, out) {
+				in.Close()
+				if out != nil {
+					out.Close()
+				}
+				continue
+			}
+			go func() { _, _ = io.Copy(out, in); out.Close() }()
+			go func() { _, _ = io.Copy(in, out); in.Close() }()
+		}
+	}()
+	return p
+}
+
+// track records a connection pair; false once the proxy is cut.
+func (p *apiProxy) track(in, out net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		return false
+	}
+	p.conns[in], p.conns[out] = true, true
+	return true
+}
+
+// config is the API server's client configuration, through the proxy (the serving
+// certificate names 127.0.0.1, whatever the port).
+func (p *apiProxy) config() *clientrest.Config {
+	c := clientrest.CopyConfig(plane.Config)
+	c.Host = "https://" + p.ln.Addr().String()
+	return c
+}
+
+func (p *apiProxy) cut() {
+	p.ln.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
 }
 
 // kubeLoop is loop through a BoilerhouseClaim object named after the tenant: create it, wait
@@ -298,15 +372,20 @@ func (c *chaosTenant) kubeLoop(stop <-chan struct{}, rng *rand.Rand) {
 	}
 }
 
-// poolManager starts a pool-manager replica; the returned function kills it (killable).
+// poolManager starts a pool-manager replica that reaches the API server through a proxy of its
+// own; the returned function cuts the proxy, then kills it (killable), so that it cannot hand
+// its leader lease over on the way out: the next leader waits for the lease to expire, as
+// after a crash.
 func (s *system) poolManager(cfg poolmanager.Config) (kill func()) {
 	s.t.Helper()
-	pm, kill := killable(s, func(nc *nats.Conn) (*poolmanager.Manager, error) {
+	proxy := newAPIProxy(s.t)
+	cfg.RestConfig = proxy.config()
+	pm, stop := killable(s, func(nc *nats.Conn) (*poolmanager.Manager, error) {
 		cfg.NATS = nc
 		return poolmanager.New(cfg)
 	})
 	s.ready("pool-manager", pm.Ready())
-	return kill
+	return func() { proxy.cut(); stop() }
 }
 
 // instanceOwners maps every instance ever answered to its tenant.

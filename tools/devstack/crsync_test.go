@@ -457,3 +457,38 @@ func TestCRSyncReleaseFailedKeepsObject(t *testing.T) {
 	}
 	eventually(t, "object gone after the force release", 30*time.Second, func() bool { _, ok := s.bhc("fay-crf"); return !ok })
 }
+
+// TestCRSyncRetriesLostClaimRequest: an object created with kubectl for a pair whose last claim
+// was Released, while no claim-router answers, still gets its claim once one does. (The old
+// record is terminal; cr-sync must not take it for the object's answer.)
+func TestCRSyncRetriesLostClaimRequest(t *testing.T) {
+	s := startSystem(t)
+	killRouter := s.router(claimrouter.Config{})
+	s.crsync()
+	s.workload("crl", 2)
+	s.poolReady("crl", 2)
+	// A first life, through an object that is deleted again: the record ends Released.
+	if err := s.client.Create(s.ctx, newBHC("uma-crl", "uma", "crl")); err != nil {
+		t.Fatal(err)
+	}
+	c := s.waitPhase(t, "uma-crl", v1alpha1.ClaimActive)
+	if err := s.client.Delete(s.ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "first object gone", 30*time.Second, func() bool { _, ok := s.bhc("uma-crl"); return !ok })
+
+	killRouter()
+	if err := s.client.Create(s.ctx, newBHC("uma-crl", "uma", "crl")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "cr-sync acting on the object", 10*time.Second, func() bool {
+		c, ok := s.bhc("uma-crl")
+		return ok && c.Status.Phase != ""
+	})
+	time.Sleep(6 * time.Second) // a resync pass (5 s) while the request has no answer
+	s.router(claimrouter.Config{})
+	c = s.waitPhase(t, "uma-crl", v1alpha1.ClaimActive)
+	if rec := s.kvRecord(t, "uma", "crl"); rec == nil || rec.Phase != messages.PhaseActive || rec.InstanceID != c.Status.InstanceID {
+		t.Fatalf("record %+v, object %+v", rec, c.Status)
+	}
+}
