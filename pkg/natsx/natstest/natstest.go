@@ -59,7 +59,12 @@ func ServeIfAsked() {
 		fmt.Fprintln(os.Stderr, "natstest:", err)
 		os.Exit(3)
 	}
-	select {} // until killed
+	// Until killed, or until the test that started it is gone (a test binary that crashed
+	// runs no cleanup): then it has another parent.
+	for parent := os.Getppid(); os.Getppid() == parent; {
+		time.Sleep(time.Second)
+	}
+	os.Exit(0)
 }
 
 // Start starts a server with JetStream on a temporary store dir, on a free port below Linux's
