@@ -233,15 +233,37 @@ func (s *system) crsyncReplica() (kill func()) {
 		return crsync.New(crsync.Config{RestConfig: proxy.config(), NATS: nc, Namespace: ns,
 			ResyncInterval: 5 * time.Second, LeaderElection: true})
 	})
-	return func() { proxy.cut(); stop() }
+	return killBehind(proxy, stop)
+}
+
+// killBehind cuts the service's proxy, then stops it.
+func killBehind(proxy *apiProxy, stop func()) func() {
+	return func() {
+		proxy.cut()
+		done := make(chan struct{})
+		go func() { stop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			// Killed while its caches were still syncing: controller-runtime v0.25.2's manager
+			// then waits (spinning) for them to sync, however its context ends, so let it
+			// reach the API server again to finish.
+			proxy.t.Logf("a killed replica still waits for its caches after 5 s: its API proxy is restored")
+			proxy.restore()
+			<-done
+		}
+	}
 }
 
 // apiProxy forwards TCP connections to the API server until it is cut; then every connection
 // drops and new ones are refused, as for a process that died.
 type apiProxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns map[net.Conn]bool
+	t      *testing.T
+	addr   string // the proxy's, kept across cut and restore
+	target string // the API server's
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  map[net.Conn]bool // nil while cut
 }
 
 func newAPIProxy(t *testing.T) *apiProxy {
@@ -250,19 +272,29 @@ func newAPIProxy(t *testing.T) *apiProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &apiProxy{ln: ln, conns: map[net.Conn]bool{}}
+	p := &apiProxy{t: t, addr: "127.0.0.1:0", target: target.Host}
+	p.restore()
 	t.Cleanup(p.cut)
+	return p
+}
+
+// restore listens (again) and forwards.
+func (p *apiProxy) restore() {
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		p.t.Errorf("API proxy: %v", err)
+		return
+	}
+	p.mu.Lock()
+	p.ln, p.addr, p.conns = ln, ln.Addr().String(), map[net.Conn]bool{}
+	p.mu.Unlock()
 	go func() {
 		for {
 			in, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			out, err := net.Dial("tcp", target.Host)
+			out, err := net.Dial("tcp", p.target)
 			if err != nil || !p.track(in, out) {
 				in.Close()
 				if out != nil {
@@ -274,7 +306,6 @@ func newAPIProxy(t *testing.T) *apiProxy {
 			go func() { _, _ = io.Copy(in, out); in.Close() }()
 		}
 	}()
-	return p
 }
 
 // track records a connection pair; false once the proxy is cut.
@@ -292,14 +323,17 @@ func (p *apiProxy) track(in, out net.Conn) bool {
 // certificate names 127.0.0.1, whatever the port).
 func (p *apiProxy) config() *clientrest.Config {
 	c := clientrest.CopyConfig(plane.Config)
-	c.Host = "https://" + p.ln.Addr().String()
+	c.Host = "https://" + p.addr
 	return c
 }
 
 func (p *apiProxy) cut() {
-	p.ln.Close()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.conns == nil {
+		return
+	}
+	p.ln.Close()
 	for c := range p.conns {
 		c.Close()
 	}
@@ -385,7 +419,7 @@ func (s *system) poolManager(cfg poolmanager.Config) (kill func()) {
 		return poolmanager.New(cfg)
 	})
 	s.ready("pool-manager", pm.Ready())
-	return func() { proxy.cut(); stop() }
+	return killBehind(proxy, stop)
 }
 
 // instanceOwners maps every instance ever answered to its tenant.
