@@ -131,21 +131,23 @@ func TestChaos(t *testing.T) {
 	// one victim too: stopped, and started again on the same store.
 	end := time.Now().Add(chaosFor)
 	down := map[int]time.Time{} // victim -> when it comes back
-	natsBack := time.Time{}
+	natsBack := time.Time{}     // zero while the server runs
+	natsUp := func() {          // services start only with NATS up
+		if !natsBack.IsZero() {
+			s.nats.Restart()
+			natsBack = time.Time{}
+		}
+	}
 	rounds := 0
 	for time.Now().Before(end) && !t.Failed() {
 		time.Sleep(time.Duration(300+rng.IntN(1200)) * time.Millisecond)
 		now := time.Now()
 		if !natsBack.IsZero() && now.After(natsBack) {
-			s.nats.Restart()
-			natsBack = time.Time{}
+			natsUp()
 		}
 		for i, at := range down {
 			if now.After(at) {
-				if !natsBack.IsZero() { // a service starts only with NATS up
-					s.nats.Restart()
-					natsBack = time.Time{}
-				}
+				natsUp()
 				kills[i] = victims[i].start()
 				delete(down, i)
 			}
@@ -165,9 +167,7 @@ func TestChaos(t *testing.T) {
 			down[i] = back
 		}
 	}
-	if !natsBack.IsZero() {
-		s.nats.Restart()
-	}
+	natsUp()
 	for i := range down {
 		kills[i] = victims[i].start()
 	}
@@ -347,13 +347,7 @@ func (c *chaosTenant) kubeLoop(stop <-chan struct{}, rng *rand.Rand) {
 	t, s := c.s.t, c.s
 	name := c.name
 	gone := func() bool { _, ok := s.bhc(name); return !ok }
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		time.Sleep(time.Duration(rng.IntN(100)) * time.Millisecond)
+	for nextOp(stop, rng) {
 		obj := newBHC(name, c.name, c.workload)
 		if err := s.client.Create(s.ctx, obj); err != nil {
 			t.Errorf("%s: create its claim object: %v", c.name, err)
@@ -461,15 +455,20 @@ func (c *chaosTenant) count(what string) {
 	c.ops[what]++
 }
 
+// nextOp pauses up to 100 ms before a tenant's next operation; false once stop is closed.
+func nextOp(stop <-chan struct{}, rng *rand.Rand) bool {
+	select {
+	case <-stop:
+		return false
+	default:
+	}
+	time.Sleep(time.Duration(rng.IntN(100)) * time.Millisecond)
+	return true
+}
+
 func (c *chaosTenant) loop(stop <-chan struct{}, rng *rand.Rand) {
 	t := c.s.t
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		time.Sleep(time.Duration(rng.IntN(100)) * time.Millisecond)
+	for nextOp(stop, rng) {
 		code, v, err := c.post("/claim?wait=20s")
 		switch {
 		case err != nil:

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,15 +35,11 @@ func TestAPIServerOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	paused := time.Now()
-	var once bool
-	resumeOnce := func() {
-		if !once {
-			once = true
-			if err := resume(); err != nil {
-				t.Fatal(err)
-			}
+	resumeOnce := sync.OnceFunc(func() {
+		if err := resume(); err != nil {
+			t.Fatal(err)
 		}
-	}
+	})
 	t.Cleanup(resumeOnce) // the control plane serves the package's other tests
 
 	// A workload read: a typed error once the edge's request timeout (10 s) passes.
