@@ -104,9 +104,16 @@ func UseLogger(l *slog.Logger) {
 	ctrllog.SetLogger(logr.FromSlogHandler(l.Handler()))
 }
 
+// StopTimeout bounds how long a service may take to stop once asked. It is below Kubernetes'
+// default termination grace period (30 s), so that a service stuck in its stop exits with an
+// error of its own instead of being killed: controller-runtime v0.25.2's manager, stopped while
+// its caches cannot sync (API server unreachable), spins and never returns (upstream PR #3440).
+const StopTimeout = 20 * time.Second
+
 // RunUntilSignal runs service until it fails or SIGINT/SIGTERM asks it to stop; a stop by
-// signal is a clean exit. Traces are exported as name while it runs when the environment
-// configures an OTLP endpoint (tracing.Setup).
+// signal is a clean exit, unless the service takes longer than StopTimeout to return. Traces
+// are exported as name while it runs when the environment configures an OTLP endpoint
+// (tracing.Setup).
 func RunUntilSignal(logger *slog.Logger, name string, service func(context.Context) error) error {
 	shutdown, err := tracing.Setup(context.Background(), name)
 	if err != nil {
@@ -117,14 +124,44 @@ func RunUntilSignal(logger *slog.Logger, name string, service func(context.Conte
 			logger.Warn("flushing traces", "err", err)
 		}
 	}()
-	var g run.Group
-	ctx, cancel := context.WithCancel(context.Background())
-	g.Add(func() error { return service(ctx) }, func(error) { cancel() })
-	g.Add(run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM))
-	err = g.Run()
+	signals := func() (func() error, func(error)) {
+		return run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM)
+	}
+	err = runUntil(signals, name, service, StopTimeout)
 	if errors.Is(err, run.ErrSignal) {
 		logger.Info(name+" stopped", "reason", err.Error())
 		return nil
+	}
+	return err
+}
+
+// runUntil runs service until it fails or stopper's actor returns, then gives it stopTimeout to
+// return before abandoning it with an error.
+func runUntil(stopper func() (func() error, func(error)), name string, service func(context.Context) error, stopTimeout time.Duration) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stuck := false
+	var g run.Group
+	g.Add(func() error {
+		done := make(chan error, 1)
+		go func() { done <- service(ctx) }()
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+		}
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(stopTimeout):
+			stuck = true
+			return nil
+		}
+	}, func(error) { cancel() })
+	g.Add(stopper())
+	err := g.Run() // returns once every actor has: stuck is settled
+	if stuck {
+		return fmt.Errorf("%s did not stop within %s of being asked to (%v)", name, stopTimeout, err)
 	}
 	return err
 }

@@ -3,6 +3,7 @@ package svcmain
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -156,5 +157,48 @@ func TestUseLogger(t *testing.T) {
 	ctrllog.Log.WithName("client").Info("a warning from the API server")
 	if !strings.Contains(buf.String(), "a warning from the API server") {
 		t.Fatalf("controller-runtime's log went elsewhere: %q", buf.String())
+	}
+}
+
+// TestRunUntilStopTimeout: a service that returns when asked to stop ends the run with the
+// stop's reason; one that ignores the request is abandoned after the stop timeout with an
+// error naming it; one that fails ends the run with its error.
+func TestRunUntilStopTimeout(t *testing.T) {
+	asked := errors.New("asked to stop")
+	stopper := func(after time.Duration) func() (func() error, func(error)) {
+		return func() (func() error, func(error)) {
+			quit := make(chan struct{})
+			return func() error {
+					select {
+					case <-time.After(after):
+						return asked
+					case <-quit:
+						return nil
+					}
+				}, func(error) {
+					close(quit)
+				}
+		}
+	}
+	obedient := func(ctx context.Context) error { <-ctx.Done(); return nil }
+	stuckForever := make(chan struct{})
+	t.Cleanup(func() { close(stuckForever) })
+	deaf := func(context.Context) error { <-stuckForever; return nil }
+	failed := errors.New("boom")
+	failing := func(context.Context) error { return failed }
+
+	if err := runUntil(stopper(10*time.Millisecond), "svc", obedient, time.Minute); !errors.Is(err, asked) {
+		t.Fatalf("obedient service: %v, want the stop's reason", err)
+	}
+	start := time.Now()
+	err := runUntil(stopper(10*time.Millisecond), "svc", deaf, 200*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "svc did not stop within 200ms") {
+		t.Fatalf("deaf service: %v, want a stop timeout", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("deaf service abandoned after %s", took)
+	}
+	if err := runUntil(stopper(time.Minute), "svc", failing, time.Minute); !errors.Is(err, failed) {
+		t.Fatalf("failing service: %v, want its error", err)
 	}
 }
