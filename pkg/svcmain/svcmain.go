@@ -22,6 +22,7 @@ import (
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"boilerhouse.dev/pkg/natsx"
@@ -96,12 +97,13 @@ func Logger(level string) (*slog.Logger, error) {
 	return l, nil
 }
 
-// UseLogger makes l the process's default logger, for slog and for controller-runtime, whose
+// UseLogger makes l the process's default logger, for slog, klog and controller-runtime, whose
 // clients log the API server's warnings through a global logger that, left unset, drops them
 // and prints a complaint with a stack trace instead.
 func UseLogger(l *slog.Logger) {
 	slog.SetDefault(l)
 	ctrllog.SetLogger(logr.FromSlogHandler(l.Handler()))
+	klog.SetSlogLogger(l) // client-go's own lines (leader election, event broadcaster)
 }
 
 // StopTimeout bounds how long a service may take to stop once asked. It is below Kubernetes'

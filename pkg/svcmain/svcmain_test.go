@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"boilerhouse.dev/messages"
@@ -149,14 +150,19 @@ func TestWithHealth(t *testing.T) {
 	}
 }
 
-// TestUseLogger: controller-runtime's global logger (its clients' API server warnings) writes
-// through the logger given.
+// TestUseLogger: controller-runtime's global logger (its clients' API server warnings) and
+// client-go's klog write through the logger given.
 func TestUseLogger(t *testing.T) {
 	var buf bytes.Buffer
 	UseLogger(slog.New(slog.NewTextHandler(&buf, nil)))
 	ctrllog.Log.WithName("client").Info("a warning from the API server")
 	if !strings.Contains(buf.String(), "a warning from the API server") {
 		t.Fatalf("controller-runtime's log went elsewhere: %q", buf.String())
+	}
+	klog.ErrorS(errors.New("broadcaster is shut down"), "Unable to write event")
+	klog.Flush()
+	if !strings.Contains(buf.String(), "Unable to write event") {
+		t.Fatalf("klog went elsewhere: %q", buf.String())
 	}
 }
 
