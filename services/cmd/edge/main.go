@@ -21,7 +21,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"strconv"
 
@@ -62,12 +61,10 @@ func mainErr(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("-log-level: %w", err)
+	logger, err := svcmain.Logger(*logLevel)
+	if err != nil {
+		return err
 	}
-	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("service", "edge")
-	slog.SetDefault(logger)
 
 	apiKey := os.Getenv("BOILERHOUSE_API_KEY")
 	if apiKey == "" && !*insecureDev {
