@@ -11,7 +11,7 @@ STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(CACHE)/bin/staticcheck-$(STATICCHECK_VERSION)
 GO_TEST_FLAGS ?= -count=1 -timeout 30m
 
-.PHONY: all build test unit vet lint tidy-check assets tools generate run bench images clean
+.PHONY: all build test unit vet lint tidy-check assets tools runc generate run bench images clean
 
 all: build
 
@@ -38,6 +38,14 @@ $(STATICCHECK):
 	@mkdir -p $(CACHE)/bin
 	@tmp=$$(mktemp -d) && GOBIN=$$tmp go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) && mv $$tmp/staticcheck $@ && rmdir $$tmp
 
+# runc: the OCI runtime that tools/deploycheck runs the services' images with (as root), from
+# Debian's packages.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+runc:
+	@command -v runc >/dev/null || { echo "installing runc (Debian's package)"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc >/dev/null; }; }
+
 generate: $(CONTROLLER_GEN)
 	cd pkg && $(CONTROLLER_GEN) object paths=./api/... crd:crdVersions=v1 paths=./api/... output:crd:artifacts:config=../deploy/crds
 
@@ -53,7 +61,7 @@ lint: $(STATICCHECK)
 tidy-check:
 	@for m in $(MODULES); do (cd $$m && GOWORK=off go mod tidy -diff >/dev/null) || { echo "$$m: go.mod/go.sum not tidy: run (cd $$m && GOWORK=off go mod tidy)"; exit 1; }; done
 
-test: assets tools tidy-check vet lint
+test: assets tools runc tidy-check vet lint
 	CONTROLLER_GEN=$(CONTROLLER_GEN) NATS_CLI=$(NATSCLI) KUBEBUILDER_ASSETS=$$(tools/controlplane/install.sh) \
 		go test $(GO_TEST_FLAGS) $(MODULES:%=./%/...)
 

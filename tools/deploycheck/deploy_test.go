@@ -2,7 +2,9 @@
 // object is accepted, that the workloads are hardened, and that each service's RBAC grants
 // exactly the Kubernetes access its code uses: every permission in the tables below is
 // allowed (SubjectAccessReview), a selection of others is denied, and the service account's
-// rules (SelfSubjectRulesReview, impersonated) hold nothing beyond the table.
+// rules (SelfSubjectRulesReview, impersonated) hold nothing beyond the table. It also runs
+// each Deployment from its service's image under runc, with its Pod's security context and
+// service account token, until it is ready (containers_test.go).
 package deploycheck_test
 
 import (
@@ -381,6 +383,9 @@ func TestDeployBase(t *testing.T) {
 
 	// A service account with no bindings must be denied, or the reviews below prove nothing
 	// (the API server authorizes with RBAC).
+	// Each Deployment runs from its image as its Pod would: see runDeployments.
+	t.Run("containers", func(t *testing.T) { runDeployments(ctx, t, plane, namespace) })
+
 	t.Run("rbac-enforced", func(t *testing.T) {
 		if allowed(ctx, t, plane.Client, namespace, "nobody", perm{resource: "pods"}, "get") {
 			t.Fatal("an unbound service account may get pods: the API server does not enforce RBAC")
