@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +36,7 @@ import (
 	"boilerhouse.dev/pkg/localkube"
 	"boilerhouse.dev/pkg/natsx/natstest"
 	"boilerhouse.dev/pkg/svcmain"
+	"boilerhouse.dev/tools/devnode"
 	"boilerhouse.dev/tools/images"
 )
 
@@ -42,8 +45,9 @@ import (
 // entrypoint as the Pod's user, a read-only root file system, no capabilities, no privilege
 // escalation, the Deployment's environment and volumes, and the in-cluster configuration of its
 // ServiceAccount (a token from the TokenRequest API, so the API server enforces the Role that
-// deploy/base binds). Each must pass its readiness probe, run with those credentials, and exit
-// 0 on SIGTERM within the stop timeout.
+// deploy/base binds). Each must pass its readiness probe and run with those credentials. Then a
+// claim goes through them (claimThrough), and each must exit 0 on SIGTERM within the stop
+// timeout.
 //
 // What a kubelet does differently here: the containers share the host's network, so their
 // listening addresses get free ports instead of their container ports; NATS is one embedded
@@ -69,15 +73,19 @@ func runDeployments(ctx context.Context, t *testing.T, plane *localkube.Plane, n
 	rt := &runtimeEnv{runc: runc, state: t.TempDir(), plane: plane, namespace: namespace, natsURL: nats.URL,
 		services: filepath.Join(root, "services")}
 
-	var running []*container
+	running := map[string]*container{}
 	for _, d := range list.Items {
-		c := rt.start(ctx, t, d)
-		running = append(running, c)
+		running[d.Name] = rt.start(ctx, t, d)
 	}
 	for _, c := range running {
 		c.awaitReady(t, 2*time.Minute)
 		c.checkCredentials(t, rt)
 	}
+	edge := running["edge"]
+	if edge == nil || edge.ports["http"] == 0 {
+		t.Fatal("no edge Deployment with an http port")
+	}
+	claimThrough(ctx, t, plane, fmt.Sprintf("http://127.0.0.1:%d", edge.ports["http"]), "test-"+apiKeyKey)
 	for _, c := range running {
 		c.stop(t, rt, svcmain.StopTimeout+10*time.Second)
 	}
@@ -95,7 +103,8 @@ type runtimeEnv struct {
 type container struct {
 	name, id string
 	uid, gid int
-	ready    string // the readiness probe's URL
+	ready    string         // the readiness probe's URL
+	ports    map[string]int // host port by container port name
 	out      *lockedBuffer
 	exited   chan error
 }
@@ -131,7 +140,7 @@ func (rt *runtimeEnv) start(ctx context.Context, t *testing.T, d appsv1.Deployme
 
 	uid, gid := podUser(t, d.Name, pod.SecurityContext, spec.SecurityContext)
 	c := &container{name: d.Name, id: fmt.Sprintf("bh-%s-%d", d.Name, time.Now().UnixNano()), uid: uid, gid: gid,
-		out: &lockedBuffer{}, exited: make(chan error, 1)}
+		ports: map[string]int{}, out: &lockedBuffer{}, exited: make(chan error, 1)}
 
 	// Ports: each container port gets a free host port, and an address in the environment
 	// that listens on it (":9091") is moved there.
@@ -140,6 +149,7 @@ func (rt *runtimeEnv) start(ctx context.Context, t *testing.T, d appsv1.Deployme
 	for _, p := range spec.Ports {
 		hostPort[p.ContainerPort] = freePort(t)
 		portByName[p.Name] = p.ContainerPort
+		c.ports[p.Name] = hostPort[p.ContainerPort]
 	}
 	env := append([]string{}, cfg.Config.Env...)
 	apiURL, err := url.Parse(rt.plane.Config.Host)
@@ -264,7 +274,7 @@ func (rt *runtimeEnv) envValue(t *testing.T, deployment string, e corev1.EnvVar,
 	case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace":
 		return rt.namespace
 	case e.ValueFrom.SecretKeyRef != nil:
-		return "test-" + e.ValueFrom.SecretKeyRef.Key
+		return "test-" + e.ValueFrom.SecretKeyRef.Key // the edge's API key: "test-" + apiKeyKey
 	}
 	t.Fatalf("Deployment %s: env %s: unsupported source %+v", deployment, e.Name, e.ValueFrom)
 	return ""
@@ -493,4 +503,85 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// apiKeyKey is the key of the edge's API key in its Secret (deploy-edge.yaml).
+const apiKeyKey = "api-key"
+
+// claimThrough drives the claim path through the containers: a workload and a pool of one
+// over the edge's REST API, a dev node (the stand-in kubelet) running the Pods that
+// pool-manager creates in the namespace (which enforces the restricted Pod Security Standard),
+// a claim answered from the pool whose endpoint answers over HTTP, and its release.
+func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, base, apiKey string) {
+	t.Helper()
+	ips, err := devnode.ParseIPRange("127.93.0.1-127.93.0.254")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := devnode.New(devnode.Config{RestConfig: plane.Config, IPRange: ips, StateDir: t.TempDir(),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeCtx, stopNode := context.WithCancel(ctx)
+	nodeDone := make(chan error, 1)
+	go func() { nodeDone <- node.Run(nodeCtx) }()
+	t.Cleanup(func() { stopNode(); <-nodeDone })
+
+	call := func(method, path, body string, want ...int) map[string]any {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, method, base+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+apiKey)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if !slices.Contains(want, resp.StatusCode) {
+			t.Fatalf("%s %s: %s %s, want %v", method, path, resp.Status, b, want)
+		}
+		var v map[string]any
+		if err := json.Unmarshal(b, &v); err != nil {
+			t.Fatalf("%s %s: %v: %s", method, path, err, b)
+		}
+		return v
+	}
+	call(http.MethodPost, "/api/v1/workloads", `{"name":"demo","spec":{"version":"1","image":{"ref":"boilerhouse/demo:1"},
+		"resources":{"vcpus":1,"memoryMb":64,"diskGb":0},"network":{"expose":[{"guest":8080}]},
+		"health":{"intervalSeconds":1,"unhealthyThreshold":3,"httpGet":{"path":"/health","port":8080}}}}`, http.StatusCreated)
+	call(http.MethodPost, "/api/v1/pools", `{"name":"demo","spec":{"workloadRef":"demo","size":1,"maxFillConcurrency":1}}`, http.StatusCreated)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		st, _ := call(http.MethodGet, "/api/v1/pools/demo", "", http.StatusOK)["status"].(map[string]any)
+		if ready, _ := st["ready"].(float64); ready >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the pool has no ready Pod within 2m: %v", st)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+
+	v := call(http.MethodPost, "/api/v1/tenants/alice/claim", `{"workload":"demo"}`, http.StatusCreated)
+	ep, _ := v["endpoint"].(map[string]any)
+	if v["phase"] != "Active" || v["source"] != "pool" || ep == nil {
+		t.Fatalf("claim: %v, want Active from the pool with an endpoint", v)
+	}
+	resp, err := http.Get(fmt.Sprintf("http://%v:%v/", ep["host"], ep["port"]))
+	if err != nil {
+		t.Fatalf("the claimed endpoint: %v", err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the claimed endpoint answered %s", resp.Status)
+	}
+	if v := call(http.MethodPost, "/api/v1/tenants/alice/release", `{"workload":"demo"}`, http.StatusOK); v["phase"] != "Released" {
+		t.Fatalf("release: %v, want Released", v)
+	}
 }
