@@ -27,13 +27,16 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
+	"boilerhouse.dev/pkg/api/v1alpha1"
 	"boilerhouse.dev/pkg/localkube"
+	"boilerhouse.dev/pkg/naming"
 	"boilerhouse.dev/pkg/natsx/natstest"
 	"boilerhouse.dev/pkg/svcmain"
 	"boilerhouse.dev/tools/devnode"
@@ -85,7 +88,7 @@ func runDeployments(ctx context.Context, t *testing.T, plane *localkube.Plane, n
 	if edge == nil || edge.ports["http"] == 0 {
 		t.Fatal("no edge Deployment with an http port")
 	}
-	claimThrough(ctx, t, plane, fmt.Sprintf("http://127.0.0.1:%d", edge.ports["http"]), "test-"+apiKeyKey)
+	claimThrough(ctx, t, plane, namespace, fmt.Sprintf("http://127.0.0.1:%d", edge.ports["http"]), "test-"+apiKeyKey)
 	for _, c := range running {
 		c.stop(t, rt, svcmain.StopTimeout+10*time.Second)
 	}
@@ -511,8 +514,9 @@ const apiKeyKey = "api-key"
 // claimThrough drives the claim path through the containers: a workload and a pool of one
 // over the edge's REST API, a dev node (the stand-in kubelet) running the Pods that
 // pool-manager creates in the namespace (which enforces the restricted Pod Security Standard),
-// a claim answered from the pool whose endpoint answers over HTTP, and its release.
-func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, base, apiKey string) {
+// a claim answered from the pool whose endpoint answers over HTTP, and its release; then a
+// BoilerhouseClaim object, which cr-sync turns into a claim and releases when it is deleted.
+func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, namespace, base, apiKey string) {
 	t.Helper()
 	ips, err := devnode.ParseIPRange("127.93.0.1-127.93.0.254")
 	if err != nil {
@@ -583,5 +587,35 @@ func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, bas
 	}
 	if v := call(http.MethodPost, "/api/v1/tenants/alice/release", `{"workload":"demo"}`, http.StatusOK); v["phase"] != "Released" {
 		t.Fatalf("release: %v, want Released", v)
+	}
+
+	bhc := &v1alpha1.BoilerhouseClaim{ObjectMeta: metav1.ObjectMeta{Name: naming.ClaimName("bob", "demo"), Namespace: namespace},
+		Spec: v1alpha1.ClaimSpec{TenantID: "bob", WorkloadRef: "demo"}}
+	if err := plane.Client.Create(ctx, bhc); err != nil {
+		t.Fatal(err)
+	}
+	key := client.ObjectKeyFromObject(bhc)
+	for deadline := time.Now().Add(2 * time.Minute); bhc.Status.Phase != v1alpha1.ClaimActive || bhc.Status.Endpoint == nil; time.Sleep(300 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("BoilerhouseClaim %s not Active within 2m: %+v", key, bhc.Status)
+		}
+		if err := plane.Client.Get(ctx, key, bhc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := plane.Client.Delete(ctx, bhc); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(300 * time.Millisecond) {
+		err := plane.Client.Get(ctx, key, bhc)
+		if apierrors.IsNotFound(err) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("BoilerhouseClaim %s still there 2m after its deletion: %+v", key, bhc.Status)
+		}
 	}
 }
