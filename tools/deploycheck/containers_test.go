@@ -514,8 +514,9 @@ const apiKeyKey = "api-key"
 // claimThrough drives the claim path through the containers: a workload and a pool of one
 // over the edge's REST API, a dev node (the stand-in kubelet) running the Pods that
 // pool-manager creates in the namespace (which enforces the restricted Pod Security Standard),
-// a claim answered from the pool whose endpoint answers over HTTP, and its release; then a
-// BoilerhouseClaim object, which cr-sync turns into a claim and releases when it is deleted.
+// a claim answered from the pool, data written into its instance, saved by its release and
+// restored by the next claim; then a BoilerhouseClaim object, which cr-sync turns into a claim
+// and releases when it is deleted.
 func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, namespace, base, apiKey string) {
 	t.Helper()
 	ips, err := devnode.ParseIPRange("127.93.0.1-127.93.0.254")
@@ -557,7 +558,8 @@ func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, nam
 	}
 	call(http.MethodPost, "/api/v1/workloads", `{"name":"demo","spec":{"version":"1","image":{"ref":"boilerhouse/demo:1"},
 		"resources":{"vcpus":1,"memoryMb":64,"diskGb":0},"network":{"expose":[{"guest":8080}]},
-		"health":{"intervalSeconds":1,"unhealthyThreshold":3,"httpGet":{"path":"/health","port":8080}}}}`, http.StatusCreated)
+		"health":{"intervalSeconds":1,"unhealthyThreshold":3,"httpGet":{"path":"/health","port":8080}},
+		"filesystem":{"overlayDirs":["/data"]}}}`, http.StatusCreated)
 	call(http.MethodPost, "/api/v1/pools", `{"name":"demo","spec":{"workloadRef":"demo","size":1,"maxFillConcurrency":1}}`, http.StatusCreated)
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -571,22 +573,29 @@ func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, nam
 		time.Sleep(300 * time.Millisecond)
 	}
 
+	// alice's data goes into her instance's overlay; her release saves it through overlay-store
+	// (an exec of tar through the API server, with overlay-store's token), and her next claim
+	// restores it.
 	v := call(http.MethodPost, "/api/v1/tenants/alice/claim", `{"workload":"demo"}`, http.StatusCreated)
-	ep, _ := v["endpoint"].(map[string]any)
-	if v["phase"] != "Active" || v["source"] != "pool" || ep == nil {
-		t.Fatalf("claim: %v, want Active from the pool with an endpoint", v)
+	if v["phase"] != "Active" || v["source"] != "pool" {
+		t.Fatalf("claim: %v, want Active from the pool", v)
 	}
-	resp, err := http.Get(fmt.Sprintf("http://%v:%v/", ep["host"], ep["port"]))
-	if err != nil {
-		t.Fatalf("the claimed endpoint: %v", err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("the claimed endpoint answered %s", resp.Status)
+	file := endpointURL(t, v, "/files/data/n")
+	if status, _ := fetch(t, http.MethodPut, file, "42"); status/100 != 2 {
+		t.Fatalf("PUT %s: %d", file, status)
 	}
 	if v := call(http.MethodPost, "/api/v1/tenants/alice/release", `{"workload":"demo"}`, http.StatusOK); v["phase"] != "Released" {
 		t.Fatalf("release: %v, want Released", v)
+	}
+	v = call(http.MethodPost, "/api/v1/tenants/alice/claim", `{"workload":"demo"}`, http.StatusCreated)
+	if v["phase"] != "Active" || (v["source"] != "pool+data" && v["source"] != "cold+data") {
+		t.Fatalf("second claim: %v, want Active with alice's data", v)
+	}
+	if status, body := fetch(t, http.MethodGet, endpointURL(t, v, "/files/data/n"), ""); status != http.StatusOK || body != "42" {
+		t.Fatalf("alice's data after the restore: %d %q, want 200 \"42\"", status, body)
+	}
+	if v := call(http.MethodPost, "/api/v1/tenants/alice/release", `{"workload":"demo"}`, http.StatusOK); v["phase"] != "Released" {
+		t.Fatalf("second release: %v, want Released", v)
 	}
 
 	bhc := &v1alpha1.BoilerhouseClaim{ObjectMeta: metav1.ObjectMeta{Name: naming.ClaimName("bob", "demo"), Namespace: namespace},
@@ -618,4 +627,33 @@ func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, nam
 			t.Fatalf("BoilerhouseClaim %s still there 2m after its deletion: %+v", key, bhc.Status)
 		}
 	}
+}
+
+// endpointURL is path on the endpoint of claim view v.
+func endpointURL(t *testing.T, v map[string]any, path string) string {
+	t.Helper()
+	ep, _ := v["endpoint"].(map[string]any)
+	if ep == nil {
+		t.Fatalf("claim without an endpoint: %v", v)
+	}
+	return fmt.Sprintf("http://%v:%v%s", ep["host"], ep["port"], path)
+}
+
+// fetch makes a request of an instance and answers its status and body.
+func fetch(t *testing.T, method, url, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
 }
