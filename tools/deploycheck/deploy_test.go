@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"os/exec"
@@ -33,6 +34,7 @@ import (
 
 	"boilerhouse.dev/pkg/kubeapply"
 	"boilerhouse.dev/pkg/localkube"
+	"boilerhouse.dev/pkg/svcmain"
 	"boilerhouse.dev/tools/images"
 )
 
@@ -166,6 +168,13 @@ var forEveryone = []perm{
 	{resource: "nodes", sub: "proxy", verbs: []string{"get", "create"}, cluster: true, why: "no kubelet API"},
 	{resource: "pods", verbs: []string{"list"}, cluster: true, why: "no cluster-wide reads"},
 	{group: "apps", resource: "deployments", verbs: []string{"update", "patch"}, why: "services do not manage themselves"},
+}
+
+// TestMain gives controller-runtime a logger, so that its clients do not complain with a stack
+// trace that they have none.
+func TestMain(m *testing.M) {
+	svcmain.UseLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	os.Exit(m.Run())
 }
 
 func TestDeployBase(t *testing.T) {
