@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -239,6 +240,8 @@ func (rt *runtimeEnv) start(ctx context.Context, t *testing.T, d appsv1.Deployme
 
 	cmd := rt.cmd("run", "--bundle", bundle, c.id)
 	cmd.Stdout, cmd.Stderr = c.out, c.out
+	// Should the test binary die, runc gets SIGTERM and passes it on: no container outlives it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
