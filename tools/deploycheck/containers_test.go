@@ -519,7 +519,7 @@ const apiKeyKey = "api-key"
 // pool-manager creates in the namespace (which enforces the restricted Pod Security Standard),
 // a claim answered from the pool, data written into its instance, saved by its release and
 // restored by the next claim; then a BoilerhouseClaim object, which cr-sync turns into a claim
-// and releases when it is deleted.
+// and releases when it is deleted; then a cold boot that the idle-reaper releases.
 func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, namespace, base, apiKey string) {
 	t.Helper()
 	ips, err := devnode.ParseIPRange("127.93.0.1-127.93.0.254")
@@ -628,6 +628,27 @@ func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, nam
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("BoilerhouseClaim %s still there 2m after its deletion: %+v", key, bhc.Status)
+		}
+	}
+
+	// A cold boot of a workload without a pool, left unused: the idle-reaper releases it.
+	call(http.MethodPost, "/api/v1/workloads", `{"name":"sleepy","spec":{"version":"1","image":{"ref":"boilerhouse/demo:1"},
+		"resources":{"vcpus":1,"memoryMb":64,"diskGb":0},"network":{"expose":[{"guest":8080}]},
+		"health":{"intervalSeconds":1,"unhealthyThreshold":3,"httpGet":{"path":"/health","port":8080}},
+		"idle":{"timeoutSeconds":2,"action":"destroy"}}}`, http.StatusCreated)
+	if v := call(http.MethodPost, "/api/v1/tenants/carol/claim", `{"workload":"sleepy"}`, http.StatusCreated); v["source"] != "cold" {
+		t.Fatalf("claim of a workload without a pool: %v, want a cold boot", v)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(300 * time.Millisecond) {
+		claims, _ := call(http.MethodGet, "/api/v1/tenants/carol", "", http.StatusOK)["claims"].([]any)
+		if len(claims) == 1 {
+			c := claims[0].(map[string]any)
+			if c["phase"] == "Released" && strings.Contains(fmt.Sprint(c["detail"]), "idle") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("carol's idle claim not released by the idle-reaper within 1m: %v", claims)
 		}
 	}
 }
