@@ -49,8 +49,8 @@ import (
 // entrypoint as the Pod's user, a read-only root file system, no capabilities, no privilege
 // escalation, the Deployment's environment and volumes, and the in-cluster configuration of its
 // ServiceAccount (a token from the TokenRequest API, so the API server enforces the Role that
-// deploy/base binds). Each must pass its readiness probe and run with those credentials. Then a
-// claim goes through them (claimThrough), and each must exit 0 on SIGTERM within the stop
+// deploy/base binds). Each must pass its readiness probe and run with those credentials. Then
+// claims go through them (claimThrough), and each must exit 0 on SIGTERM within the stop
 // timeout.
 //
 // What a kubelet does differently here: the containers share the host's network, so their
