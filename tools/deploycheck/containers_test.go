@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -55,8 +56,9 @@ import (
 //
 // What a kubelet does differently here: the containers share the host's network, so their
 // listening addresses get free ports instead of their container ports; NATS is one embedded
-// server (NATS_URL and NATS_STREAM_REPLICAS 1 instead of the StatefulSet's three); Secrets
-// referenced by the environment get a test value; runc's default spec has no seccomp profile.
+// server (NATS_URL and NATS_STREAM_REPLICAS 1 instead of the StatefulSet's three, which
+// TestNATSClusterFromDeployConfig runs); Secrets referenced by the environment get a test
+// value; runc's default spec has no seccomp profile.
 func runDeployments(ctx context.Context, t *testing.T, plane *localkube.Plane, namespace string) {
 	runc, err := exec.LookPath("runc")
 	if err != nil {
@@ -483,14 +485,19 @@ func untar(t *testing.T, rc io.ReadCloser, dir string) {
 	}
 }
 
+// freePort is a loopback port that was free a moment ago, below the kernel's ephemeral range
+// (32768 and up), so that no outgoing connection takes it before its listener binds.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		p := 10000 + rand.IntN(22000)
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+			l.Close()
+			return p
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port between 10000 and 32000")
+	return 0
 }
 
 // lockedBuffer collects a container's output from runc's copying goroutines.

@@ -21,90 +21,16 @@ import (
 	"boilerhouse.dev/pkg/natsx"
 )
 
-// TestNATSClusterFromDeployConfig runs the three servers of deploy/base/nats.yaml from its
-// ConfigMap's nats.conf, parsed by nats-server itself, with what Kubernetes would give them
-// (the Pod name, the headless Service's names) replaced by loopback ports and temporary
-// directories. The services' provisioning with NATS_STREAM_REPLICAS 3 must place every bucket
-// and stream on all three, durably (SyncAlways, no async persistence), and compare-and-set
-// writes to the claims bucket must go on while one server is down (retried across its leader
-// elections, as the services retry), and every acknowledged write must be there once it is back.
+// TestNATSClusterFromDeployConfig runs the three servers of deploy/base/nats.yaml
+// (startNATSCluster). The services' provisioning with NATS_STREAM_REPLICAS 3 must place every
+// bucket and stream on all three, durably (SyncAlways, no async persistence), and
+// compare-and-set writes to the claims bucket must go on while one server is down (retried
+// across its leader elections, as the services retry), and every acknowledged write must be
+// there once it is back.
 func TestNATSClusterFromDeployConfig(t *testing.T) {
-	conf := natsConf(t)
-	const n = 3
-	type node struct {
-		name, conf string
-		client     int
-		srv        *server.Server
-	}
-	nodes := make([]*node, n)
-	routes := make([]string, n)
-	for i := range nodes {
-		nodes[i] = &node{name: fmt.Sprintf("nats-%d", i), client: freePort(t)}
-		routes[i] = fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))
-	}
-	for i, nd := range nodes {
-		c := conf
-		for old, repl := range map[string]string{
-			"$POD_NAME":        nd.name,
-			"port: 4222":       fmt.Sprintf("port: %d", nd.client),
-			"http_port: 8222":  fmt.Sprintf("http_port: %d", freePort(t)),
-			"store_dir: /data": "store_dir: " + t.TempDir(),
-			"port: 6222":       "port: " + strings.TrimPrefix(routes[i], "nats://127.0.0.1:"),
-		} {
-			if !strings.Contains(c, old) {
-				t.Fatalf("nats.conf has no %q to replace", old)
-			}
-			c = strings.ReplaceAll(c, old, repl)
-		}
-		for j := range n {
-			svc := fmt.Sprintf("nats://nats-%d.nats-headless.boilerhouse.svc:6222", j)
-			if !strings.Contains(c, svc) {
-				t.Fatalf("nats.conf does not route to %s", svc)
-			}
-			c = strings.ReplaceAll(c, svc, routes[j])
-		}
-		nd.conf = filepath.Join(t.TempDir(), "nats.conf")
-		if err := os.WriteFile(nd.conf, []byte(c), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	start := func(nd *node) {
-		t.Helper()
-		opts, err := server.ProcessConfigFile(nd.conf)
-		if err != nil {
-			t.Fatalf("nats-server rejects nats.conf: %v", err)
-		}
-		if !opts.JetStream || !opts.SyncAlways || opts.Cluster.Name != "boilerhouse" || opts.ServerName != nd.name {
-			t.Fatalf("nats.conf gives JetStream %v, SyncAlways %v, cluster %q, name %q: want JetStream flushing every write in cluster boilerhouse",
-				opts.JetStream, opts.SyncAlways, opts.Cluster.Name, opts.ServerName)
-		}
-		opts.NoSigs, opts.NoLog = true, true
-		s, err := server.NewServer(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go s.Start()
-		if !s.ReadyForConnections(10 * time.Second) {
-			t.Fatalf("%s not ready", nd.name)
-		}
-		nd.srv = s
-	}
-	for _, nd := range nodes {
-		start(nd)
-	}
-	t.Cleanup(func() {
-		for _, nd := range nodes {
-			if nd.srv != nil {
-				nd.srv.Shutdown()
-			}
-		}
-	})
-
-	urls := make([]string, n)
-	for i, nd := range nodes {
-		urls[i] = fmt.Sprintf("nats://127.0.0.1:%d", nd.client)
-	}
-	nc, err := natsx.Connect(strings.Join(urls, ","))
+	cl := startNATSCluster(t)
+	const n = natsServers
+	nc, err := natsx.Connect(cl.url())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,20 +41,8 @@ func TestNATSClusterFromDeployConfig(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-
-	// The cluster elects its JetStream meta leader some time after the servers start.
-	// Until then the JetStream API does not answer: each attempt gets a few seconds.
-	for {
-		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
-		err := natsx.Provision(actx, js, natsx.ProvisionConfig{Replicas: n})
-		acancel()
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("provisioning with %d replicas: %v", n, err)
-		}
-		time.Sleep(500 * time.Millisecond)
+	if err := natsx.Provision(ctx, js, natsx.ProvisionConfig{Replicas: n}); err != nil {
+		t.Fatal(err)
 	}
 	names := js.StreamNames(ctx)
 	for name := range names.Name() {
@@ -185,16 +99,13 @@ func TestNATSClusterFromDeployConfig(t *testing.T) {
 		}
 	}
 	write(1)
-	down := nodes[0]
-	down.srv.Shutdown()
-	down.srv.WaitForShutdown()
-	down.srv = nil
+	cl.stop(t, 0)
 	write(2)
-	start(down)
+	cl.start(t, 0)
 	write(3)
 
 	// The last acknowledged writes, read through clients of each server (the restarted one too).
-	for i, u := range urls {
+	for i, u := range cl.urls {
 		c, err := nats.Connect(u)
 		if err != nil {
 			t.Fatal(err)
@@ -244,4 +155,125 @@ func natsConf(t *testing.T) string {
 	}
 	t.Fatal("deploy/base/nats.yaml has no ConfigMap with nats.conf")
 	return ""
+}
+
+// natsServers is the NATS StatefulSet's replicas.
+const natsServers = 3
+
+// natsCluster is the NATS StatefulSet of deploy/base run from its ConfigMap's nats.conf,
+// parsed by nats-server itself, with what Kubernetes would give the servers (the Pod name, the
+// headless Service's names) replaced by loopback ports and temporary directories.
+type natsCluster struct {
+	confs []string         // each server's config file
+	names []string         // the Pod names
+	urls  []string         // the client URLs
+	srvs  []*server.Server // nil while stopped
+}
+
+// startNATSCluster starts the three servers and waits until the cluster has a JetStream meta
+// leader (provisioning with three replicas works); they are shut down when the test ends.
+func startNATSCluster(t *testing.T) *natsCluster {
+	t.Helper()
+	conf := natsConf(t)
+	cl := &natsCluster{srvs: make([]*server.Server, natsServers)}
+	routes := make([]string, natsServers)
+	for i := range natsServers {
+		cl.names = append(cl.names, fmt.Sprintf("nats-%d", i))
+		cl.urls = append(cl.urls, fmt.Sprintf("nats://127.0.0.1:%d", freePort(t)))
+		routes[i] = fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))
+	}
+	for i := range natsServers {
+		c := conf
+		for old, repl := range map[string]string{
+			"$POD_NAME":        cl.names[i],
+			"port: 4222":       "port: " + strings.TrimPrefix(cl.urls[i], "nats://127.0.0.1:"),
+			"http_port: 8222":  fmt.Sprintf("http_port: %d", freePort(t)),
+			"store_dir: /data": "store_dir: " + t.TempDir(),
+			"port: 6222":       "port: " + strings.TrimPrefix(routes[i], "nats://127.0.0.1:"),
+		} {
+			if !strings.Contains(c, old) {
+				t.Fatalf("nats.conf has no %q to replace", old)
+			}
+			c = strings.ReplaceAll(c, old, repl)
+		}
+		for j := range natsServers {
+			svc := fmt.Sprintf("nats://nats-%d.nats-headless.boilerhouse.svc:6222", j)
+			if !strings.Contains(c, svc) {
+				t.Fatalf("nats.conf does not route to %s", svc)
+			}
+			c = strings.ReplaceAll(c, svc, routes[j])
+		}
+		path := filepath.Join(t.TempDir(), "nats.conf")
+		if err := os.WriteFile(path, []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cl.confs = append(cl.confs, path)
+	}
+	t.Cleanup(func() { // registered first: a server that fails to start leaves none running
+		for i := range natsServers {
+			if cl.srvs[i] != nil {
+				cl.srvs[i].Shutdown()
+			}
+		}
+	})
+	for i := range natsServers {
+		cl.start(t, i)
+	}
+
+	// The meta leader comes some time after the servers start. Until then the JetStream API
+	// does not answer: each attempt gets a few seconds.
+	nc, err := natsx.Connect(cl.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := natsx.Provision(ctx, js, natsx.ProvisionConfig{Replicas: natsServers})
+		cancel()
+		if err == nil {
+			return cl
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("provisioning with %d replicas: %v", natsServers, err)
+		}
+	}
+}
+
+// url is the client URL list of the cluster, as the services take it.
+func (cl *natsCluster) url() string { return strings.Join(cl.urls, ",") }
+
+// start runs server i from its config file.
+func (cl *natsCluster) start(t *testing.T, i int) {
+	t.Helper()
+	opts, err := server.ProcessConfigFile(cl.confs[i])
+	if err != nil {
+		t.Fatalf("nats-server rejects nats.conf: %v", err)
+	}
+	if !opts.JetStream || !opts.SyncAlways || opts.Cluster.Name != "boilerhouse" || opts.ServerName != cl.names[i] {
+		t.Fatalf("nats.conf gives JetStream %v, SyncAlways %v, cluster %q, name %q: want JetStream flushing every write in cluster boilerhouse",
+			opts.JetStream, opts.SyncAlways, opts.Cluster.Name, opts.ServerName)
+	}
+	opts.NoSigs, opts.NoLog = true, true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("%s not ready", cl.names[i])
+	}
+	cl.srvs[i] = s
+}
+
+// stop shuts server i down.
+func (cl *natsCluster) stop(t *testing.T, i int) {
+	t.Helper()
+	cl.srvs[i].Shutdown()
+	cl.srvs[i].WaitForShutdown()
+	cl.srvs[i] = nil
 }
