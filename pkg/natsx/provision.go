@@ -162,12 +162,15 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg ProvisionConfig)
 		return err
 	}
 	for _, kvc := range bucketConfigs(cfg) {
-		kv, err := js.CreateOrUpdateKeyValue(ctx, kvc)
+		kv, err := provisionBucket(ctx, js, kvc)
 		if err != nil {
 			return fmt.Errorf("natsx: provision KV bucket %q: %w", kvc.Bucket, err)
 		}
 		if kvc.Bucket == messages.BucketClaims {
 			if err := checkDurable(ctx, kv); err != nil {
+				return err
+			}
+			if err := leaderReads(ctx, js, kv, cfg.Replicas); err != nil {
 				return err
 			}
 		}
@@ -202,6 +205,68 @@ func checkDurable(ctx context.Context, kv jetstream.KeyValue) error {
 		return fmt.Errorf("natsx: provision KV bucket %q: stream %q has persist mode %s; the claims bucket must use the default persist mode (recreate it)", kv.Bucket(), info.Config.Name, pm)
 	}
 	return nil
+}
+
+// provisionBucket creates the bucket or updates it to kvc. A bucket whose settings already
+// match is left as it is: an update through nats.go would turn the claims bucket's direct gets
+// back on (see [leaderReads]) until provisioning turns them off again.
+func provisionBucket(ctx context.Context, js jetstream.JetStream, kvc jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if kv, err := js.KeyValue(ctx, kvc.Bucket); err == nil {
+		if st, err := kv.Status(ctx); err == nil {
+			if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && sameBucket(bs.Config(), kvc) {
+				return kv, nil
+			}
+		}
+	}
+	return js.CreateOrUpdateKeyValue(ctx, kvc)
+}
+
+// sameBucket reports whether have already has the settings that Provision gives want.
+func sameBucket(have, want jetstream.KeyValueConfig) bool {
+	return have.Description == want.Description && have.History == max(want.History, 1) && have.TTL == want.TTL &&
+		have.Storage == want.Storage && have.Replicas == max(want.Replicas, 1) && have.LimitMarkerTTL == want.LimitMarkerTTL
+}
+
+// leaderReads turns direct gets off on a replicated claims bucket, which nats.go's KV
+// configuration turns on (and turns on again at each update). A direct get may be answered by a
+// follower that has not applied a write yet, so a claim read right after its write can come back
+// stale (nats-server issue 4710), and claim-router decides on what it reads. Without direct
+// gets a KV Get is a message get, answered by the stream leader. A single server has no
+// followers: its direct gets stay on.
+func leaderReads(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, replicas int) error {
+	if replicas <= 1 {
+		return nil
+	}
+	name := "KV_" + kv.Bucket()
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("natsx: provision KV bucket %q: %w", kv.Bucket(), err)
+	}
+	cfg := s.CachedInfo().Config
+	if !cfg.AllowDirect {
+		return nil
+	}
+	cfg.AllowDirect = false
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("natsx: provision KV bucket %q: turning direct gets off: %w", kv.Bucket(), err)
+	}
+	return nil
+}
+
+// ReadsFromLeader reports whether kv, as bound, reads through the stream leader: its stream
+// has one replica, or direct gets off ([Provision] turns them off on a replicated claims
+// bucket; a handle bound while another provisioning had them on keeps using them).
+func ReadsFromLeader(ctx context.Context, kv jetstream.KeyValue) (bool, error) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return false, err
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return false, fmt.Errorf("natsx: KV bucket %q: unexpected status type %T", kv.Bucket(), st)
+	}
+	cfg := bs.StreamInfo().Config
+	return cfg.Replicas <= 1 || !cfg.AllowDirect, nil
 }
 
 // IsConflict reports whether err is an optimistic-concurrency conflict from

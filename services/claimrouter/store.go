@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -38,17 +39,38 @@ func NewStore(kv jetstream.KeyValue, logger *slog.Logger) *Store {
 }
 
 // OpenStore opens the claims bucket, which must exist ([natsx.Provision]
-// creates it).
+// creates it). The router decides on what it reads, so its reads must see
+// every acknowledged write: a replicated bucket must be bound with direct
+// gets off ([natsx.ReadsFromLeader]); while a provisioning has them on, it
+// binds again.
 func OpenStore(ctx context.Context, js jetstream.JetStream, logger *slog.Logger) (*Store, error) {
-	kv, err := js.KeyValue(ctx, messages.BucketClaims)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			return nil, fmt.Errorf("claimrouter: KV bucket %q does not exist (create it with natsx.Provision): %w", messages.BucketClaims, err)
+	deadline := time.Now().Add(openStoreWait)
+	for {
+		kv, err := js.KeyValue(ctx, messages.BucketClaims)
+		if err != nil {
+			if errors.Is(err, jetstream.ErrBucketNotFound) {
+				return nil, fmt.Errorf("claimrouter: KV bucket %q does not exist (create it with natsx.Provision): %w", messages.BucketClaims, err)
+			}
+			return nil, fmt.Errorf("claimrouter: open KV bucket %q: %w", messages.BucketClaims, err)
 		}
-		return nil, fmt.Errorf("claimrouter: open KV bucket %q: %w", messages.BucketClaims, err)
+		leader, err := natsx.ReadsFromLeader(ctx, kv)
+		if err != nil {
+			return nil, fmt.Errorf("claimrouter: open KV bucket %q: %w", messages.BucketClaims, err)
+		}
+		if leader {
+			return NewStore(kv, logger), nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("claimrouter: KV bucket %q is replicated with direct gets on, so reads may miss acknowledged writes (provision it with natsx.Provision)", messages.BucketClaims)
+		}
+		if !sleep(ctx, 200*time.Millisecond) {
+			return nil, ctx.Err()
+		}
 	}
-	return NewStore(kv, logger), nil
 }
+
+// openStoreWait is how long OpenStore waits for a provisioning to turn direct gets off.
+const openStoreWait = 10 * time.Second
 
 // decode turns a KV entry into an Entry.
 func decode(e jetstream.KeyValueEntry) (*Entry, error) {

@@ -58,9 +58,17 @@ func TestNATSClusterFromDeployConfig(t *testing.T) {
 	if err := names.Err(); err != nil {
 		t.Fatal(err)
 	}
+	// Provisioning again (every service does at start) leaves the claims bucket reading from its
+	// leader.
+	if err := natsx.Provision(ctx, js, natsx.ProvisionConfig{Replicas: n}); err != nil {
+		t.Fatal(err)
+	}
 	kv, err := js.KeyValue(ctx, messages.BucketClaims)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if leader, err := natsx.ReadsFromLeader(ctx, kv); err != nil || !leader {
+		t.Fatalf("claims bucket reads from its leader: %v (%v), want true", leader, err)
 	}
 
 	// Compare-and-set writes before, during and after one server's absence.
