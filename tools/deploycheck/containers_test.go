@@ -39,7 +39,6 @@ import (
 	"boilerhouse.dev/pkg/api/v1alpha1"
 	"boilerhouse.dev/pkg/localkube"
 	"boilerhouse.dev/pkg/naming"
-	"boilerhouse.dev/pkg/natsx/natstest"
 	"boilerhouse.dev/pkg/svcmain"
 	"boilerhouse.dev/tools/devnode"
 	"boilerhouse.dev/tools/images"
@@ -55,10 +54,9 @@ import (
 // timeout.
 //
 // What a kubelet does differently here: the containers share the host's network, so their
-// listening addresses get free ports instead of their container ports; NATS is one embedded
-// server (NATS_URL and NATS_STREAM_REPLICAS 1 instead of the StatefulSet's three, which
-// TestNATSClusterFromDeployConfig runs); Secrets referenced by the environment get a test
-// value; runc's default spec has no seccomp profile.
+// listening addresses get free ports instead of their container ports; NATS_URL lists the
+// three NATS servers of deploy/base (startNATSCluster) by their loopback ports; Secrets
+// referenced by the environment get a test value; runc's default spec has no seccomp profile.
 func runDeployments(ctx context.Context, t *testing.T, plane *localkube.Plane, namespace string) {
 	runc, err := exec.LookPath("runc")
 	if err != nil {
@@ -71,12 +69,12 @@ func runDeployments(ctx context.Context, t *testing.T, plane *localkube.Plane, n
 	if len(list.Items) != len(images.Services) {
 		t.Fatalf("%d Deployments, want one per service %v", len(list.Items), images.Services)
 	}
-	nats := natstest.Start(t, true)
+	nats := startNATSCluster(t)
 	root, err := localkube.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt := &runtimeEnv{runc: runc, state: t.TempDir(), plane: plane, namespace: namespace, natsURL: nats.URL,
+	rt := &runtimeEnv{runc: runc, state: t.TempDir(), plane: plane, namespace: namespace, natsURL: nats.url(),
 		services: filepath.Join(root, "services")}
 
 	running := map[string]*container{}
@@ -266,8 +264,6 @@ func (rt *runtimeEnv) envValue(t *testing.T, deployment string, e corev1.EnvVar,
 	switch {
 	case e.Name == "NATS_URL":
 		return rt.natsURL
-	case e.Name == "NATS_STREAM_REPLICAS":
-		return "1"
 	case e.ValueFrom == nil:
 		if m := listenAddr.FindStringSubmatch(e.Value); m != nil {
 			p, _ := strconv.Atoi(m[1])
