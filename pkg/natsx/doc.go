@@ -43,6 +43,11 @@
 //     with three replicas and SyncAlways every acknowledged write has been
 //     fsynced by a quorum.
 //
+// Reads: nats.go creates KV buckets with direct gets on, and a direct get may be answered by
+// a follower that has not applied the latest write (nats-server issue 4710). claim-router
+// decides on what it reads, so on a replicated claims bucket [Provision] turns direct gets off
+// and a KV Get becomes a message get answered by the stream leader ([ReadsFromLeader]).
+//
 // Consequence: the only way to make the claims bucket fsync every write is to
 // run the server with SyncAlways, which applies to every file-backed stream on
 // that server (instances, leases, idle as well). The events stream opts out
