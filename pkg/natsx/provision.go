@@ -167,10 +167,14 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg ProvisionConfig)
 			return fmt.Errorf("natsx: provision KV bucket %q: %w", kvc.Bucket, err)
 		}
 		if kvc.Bucket == messages.BucketClaims {
-			if err := checkDurable(ctx, kv); err != nil {
+			scfg, err := streamConfig(ctx, kv)
+			if err != nil {
+				return fmt.Errorf("natsx: provision KV bucket %q: %w", kvc.Bucket, err)
+			}
+			if err := checkDurable(kvc.Bucket, scfg); err != nil {
 				return err
 			}
-			if err := leaderReads(ctx, js, kv, cfg.Replicas); err != nil {
+			if err := leaderReads(ctx, js, kvc.Bucket, scfg); err != nil {
 				return err
 			}
 		}
@@ -189,20 +193,24 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg ProvisionConfig)
 	return nil
 }
 
-// checkDurable refuses a claims bucket whose stream acknowledges writes
-// before persisting them.
-func checkDurable(ctx context.Context, kv jetstream.KeyValue) error {
+// streamConfig is the configuration of kv's stream, as the server has it now.
+func streamConfig(ctx context.Context, kv jetstream.KeyValue) (jetstream.StreamConfig, error) {
 	st, err := kv.Status(ctx)
 	if err != nil {
-		return fmt.Errorf("natsx: provision KV bucket %q: status: %w", kv.Bucket(), err)
+		return jetstream.StreamConfig{}, fmt.Errorf("status: %w", err)
 	}
 	bs, ok := st.(*jetstream.KeyValueBucketStatus)
 	if !ok {
-		return fmt.Errorf("natsx: provision KV bucket %q: unexpected status type %T", kv.Bucket(), st)
+		return jetstream.StreamConfig{}, fmt.Errorf("unexpected status type %T", st)
 	}
-	info := bs.StreamInfo()
-	if pm := info.Config.PersistMode; pm != jetstream.DefaultPersistMode {
-		return fmt.Errorf("natsx: provision KV bucket %q: stream %q has persist mode %s; the claims bucket must use the default persist mode (recreate it)", kv.Bucket(), info.Config.Name, pm)
+	return bs.StreamInfo().Config, nil
+}
+
+// checkDurable refuses a claims bucket whose stream acknowledges writes
+// before persisting them.
+func checkDurable(bucket string, cfg jetstream.StreamConfig) error {
+	if pm := cfg.PersistMode; pm != jetstream.DefaultPersistMode {
+		return fmt.Errorf("natsx: provision KV bucket %q: stream %q has persist mode %s; the claims bucket must use the default persist mode (recreate it)", bucket, cfg.Name, pm)
 	}
 	return nil
 }
@@ -227,46 +235,35 @@ func sameBucket(have, want jetstream.KeyValueConfig) bool {
 		have.Storage == want.Storage && have.Replicas == max(want.Replicas, 1) && have.LimitMarkerTTL == want.LimitMarkerTTL
 }
 
-// leaderReads turns direct gets off on a replicated claims bucket, which nats.go's KV
-// configuration turns on (and turns on again at each update). A direct get may be answered by a
-// follower that has not applied a write yet, so a claim read right after its write can come back
-// stale (nats-server issue 4710), and claim-router decides on what it reads. Without direct
-// gets a KV Get is a message get, answered by the stream leader. A single server has no
-// followers: its direct gets stay on.
-func leaderReads(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, replicas int) error {
-	if replicas <= 1 {
-		return nil
-	}
-	name := "KV_" + kv.Bucket()
-	s, err := js.Stream(ctx, name)
-	if err != nil {
-		return fmt.Errorf("natsx: provision KV bucket %q: %w", kv.Bucket(), err)
-	}
-	cfg := s.CachedInfo().Config
-	if !cfg.AllowDirect {
+// followerReads reports whether a stream's gets may be answered by a follower: it is
+// replicated and has direct gets on. A follower may not have applied a write yet, so a read
+// right after the write can come back stale (nats-server issue 4710).
+func followerReads(cfg jetstream.StreamConfig) bool { return cfg.Replicas > 1 && cfg.AllowDirect }
+
+// leaderReads turns direct gets off on the claims bucket's stream when followers could answer
+// them (nats.go's KV configuration turns them on, and on again at each update): claim-router
+// decides on what it reads. Without direct gets a KV Get is a message get, answered by the
+// stream leader. A single server keeps its direct gets.
+func leaderReads(ctx context.Context, js jetstream.JetStream, bucket string, cfg jetstream.StreamConfig) error {
+	if !followerReads(cfg) {
 		return nil
 	}
 	cfg.AllowDirect = false
 	if _, err := js.UpdateStream(ctx, cfg); err != nil {
-		return fmt.Errorf("natsx: provision KV bucket %q: turning direct gets off: %w", kv.Bucket(), err)
+		return fmt.Errorf("natsx: provision KV bucket %q: turning direct gets off: %w", bucket, err)
 	}
 	return nil
 }
 
-// ReadsFromLeader reports whether kv, as bound, reads through the stream leader: its stream
-// has one replica, or direct gets off ([Provision] turns them off on a replicated claims
-// bucket; a handle bound while another provisioning had them on keeps using them).
+// ReadsFromLeader reports whether kv's stream answers gets from its leader only: one replica,
+// or direct gets off ([Provision] turns them off on a replicated claims bucket; a handle bound
+// while another provisioning had them on keeps using them).
 func ReadsFromLeader(ctx context.Context, kv jetstream.KeyValue) (bool, error) {
-	st, err := kv.Status(ctx)
+	cfg, err := streamConfig(ctx, kv)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("natsx: KV bucket %q: %w", kv.Bucket(), err)
 	}
-	bs, ok := st.(*jetstream.KeyValueBucketStatus)
-	if !ok {
-		return false, fmt.Errorf("natsx: KV bucket %q: unexpected status type %T", kv.Bucket(), st)
-	}
-	cfg := bs.StreamInfo().Config
-	return cfg.Replicas <= 1 || !cfg.AllowDirect, nil
+	return !followerReads(cfg), nil
 }
 
 // IsConflict reports whether err is an optimistic-concurrency conflict from

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -31,7 +32,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -149,10 +149,8 @@ func (rt *runtimeEnv) start(ctx context.Context, t *testing.T, d appsv1.Deployme
 	// Ports: each container port gets a free host port, and an address in the environment
 	// that listens on it (":9091") is moved there.
 	hostPort := map[int32]int{}
-	portByName := map[string]int32{}
 	for _, p := range spec.Ports {
 		hostPort[p.ContainerPort] = freePort(t)
-		portByName[p.Name] = p.ContainerPort
 		c.ports[p.Name] = hostPort[p.ContainerPort]
 	}
 	env := append([]string{}, cfg.Config.Env...)
@@ -229,14 +227,14 @@ func (rt *runtimeEnv) start(ctx context.Context, t *testing.T, d appsv1.Deployme
 	if probe == nil || probe.HTTPGet == nil {
 		t.Fatalf("Deployment %s: no HTTP readiness probe", d.Name)
 	}
-	port := probe.HTTPGet.Port.IntVal
-	if probe.HTTPGet.Port.StrVal != "" {
-		port = portByName[probe.HTTPGet.Port.StrVal]
+	port := hostPort[probe.HTTPGet.Port.IntVal]
+	if name := probe.HTTPGet.Port.StrVal; name != "" {
+		port = c.ports[name]
 	}
-	if hostPort[port] == 0 {
+	if port == 0 {
 		t.Fatalf("Deployment %s: readiness probe on port %s, which the container does not declare", d.Name, probe.HTTPGet.Port.String())
 	}
-	c.ready = fmt.Sprintf("http://127.0.0.1:%d%s", hostPort[port], probe.HTTPGet.Path)
+	c.ready = fmt.Sprintf("http://127.0.0.1:%d%s", port, probe.HTTPGet.Path)
 
 	cmd := rt.cmd("run", "--bundle", bundle, c.id)
 	cmd.Stdout, cmd.Stderr = c.out, c.out
@@ -292,21 +290,15 @@ func (rt *runtimeEnv) serviceAccountMount(ctx context.Context, t *testing.T, sa 
 	if sa == "" {
 		t.Fatal("a Deployment runs as the namespace's default service account")
 	}
-	cs, err := kubernetes.NewForConfig(rt.plane.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
 	hour := int64(3600)
-	tr, err := cs.CoreV1().ServiceAccounts(rt.namespace).CreateToken(ctx, sa,
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &hour}}, metav1.CreateOptions{})
-	if err != nil {
+	tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &hour}}
+	account := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: rt.namespace}}
+	if err := rt.plane.Client.SubResource("token").Create(ctx, account, tr); err != nil {
 		t.Fatalf("token for service account %s: %v", sa, err)
 	}
 	ca := rt.plane.Config.CAData
 	if len(ca) == 0 {
-		if ca, err = os.ReadFile(rt.plane.Config.CAFile); err != nil {
-			t.Fatal(err)
-		}
+		t.Fatal("the control plane's client configuration has no CA data")
 	}
 	dir := t.TempDir()
 	for name, b := range map[string][]byte{"token": []byte(tr.Status.Token), "ca.crt": ca, "namespace": []byte(rt.namespace)} {
@@ -320,28 +312,20 @@ func (rt *runtimeEnv) serviceAccountMount(ctx context.Context, t *testing.T, sa 
 // awaitReady polls the readiness probe until it answers 200.
 func (c *container) awaitReady(t *testing.T, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	last := "no answer"
-	for time.Now().Before(deadline) {
+	eventually(t, c.name+" ready ("+c.ready+")", within, func() (bool, any) {
 		select {
 		case err := <-c.exited:
 			t.Fatalf("%s exited before it was ready (%v):\n%s", c.name, err, c.out.String())
 		default:
 		}
 		resp, err := http.Get(c.ready)
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-			last = resp.Status
-		} else {
-			last = err.Error()
+		if err != nil {
+			return false, err
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("%s not ready within %s (%s: %s)", c.name, within, c.ready, last)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status
+	})
 }
 
 // checkCredentials reads the container's process from /proc: the Pod's user, no effective
@@ -539,45 +523,32 @@ func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, nam
 	go func() { nodeDone <- node.Run(nodeCtx) }()
 	t.Cleanup(func() { stopNode(); <-nodeDone })
 
+	auth := http.Header{"Authorization": {"Bearer " + apiKey}, "Content-Type": {"application/json"}}
 	call := func(method, path, body string, want ...int) map[string]any {
 		t.Helper()
-		req, err := http.NewRequestWithContext(ctx, method, base+path, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+apiKey)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if !slices.Contains(want, resp.StatusCode) {
-			t.Fatalf("%s %s: %s %s, want %v", method, path, resp.Status, b, want)
+		status, b := fetch(t, method, base+path, body, auth)
+		if !slices.Contains(want, status) {
+			t.Fatalf("%s %s: %d %s, want %v", method, path, status, b, want)
 		}
 		var v map[string]any
-		if err := json.Unmarshal(b, &v); err != nil {
+		if err := json.Unmarshal([]byte(b), &v); err != nil {
 			t.Fatalf("%s %s: %v: %s", method, path, err, b)
 		}
 		return v
 	}
-	call(http.MethodPost, "/api/v1/workloads", `{"name":"demo","spec":{"version":"1","image":{"ref":"boilerhouse/demo:1"},
-		"resources":{"vcpus":1,"memoryMb":64,"diskGb":0},"network":{"expose":[{"guest":8080}]},
-		"health":{"intervalSeconds":1,"unhealthyThreshold":3,"httpGet":{"path":"/health","port":8080}},
-		"filesystem":{"overlayDirs":["/data"]}}}`, http.StatusCreated)
-	call(http.MethodPost, "/api/v1/pools", `{"name":"demo","spec":{"workloadRef":"demo","size":1,"maxFillConcurrency":1}}`, http.StatusCreated)
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		st, _ := call(http.MethodGet, "/api/v1/pools/demo", "", http.StatusOK)["status"].(map[string]any)
-		if ready, _ := st["ready"].(float64); ready >= 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the pool has no ready Pod within 2m: %v", st)
-		}
-		time.Sleep(300 * time.Millisecond)
+	// The demo workload of the dev node, with what each step adds to its spec.
+	workload := func(name, more string) string {
+		return fmt.Sprintf(`{"name":%q,"spec":{"version":"1","image":{"ref":"boilerhouse/demo:1"},
+			"resources":{"vcpus":1,"memoryMb":64,"diskGb":0},"network":{"expose":[{"guest":8080}]},
+			"health":{"intervalSeconds":1,"unhealthyThreshold":3,"httpGet":{"path":"/health","port":8080}},%s}}`, name, more)
 	}
+	call(http.MethodPost, "/api/v1/workloads", workload("demo", `"filesystem":{"overlayDirs":["/data"]}`), http.StatusCreated)
+	call(http.MethodPost, "/api/v1/pools", `{"name":"demo","spec":{"workloadRef":"demo","size":1,"maxFillConcurrency":1}}`, http.StatusCreated)
+	eventually(t, "a ready Pod in the pool", 2*time.Minute, func() (bool, any) {
+		st, _ := call(http.MethodGet, "/api/v1/pools/demo", "", http.StatusOK)["status"].(map[string]any)
+		ready, _ := st["ready"].(float64)
+		return ready >= 1, st
+	})
 
 	// alice's data goes into her instance's overlay; her release saves it through overlay-store
 	// (an exec of tar through the API server, with overlay-store's token), and her next claim
@@ -587,7 +558,7 @@ func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, nam
 		t.Fatalf("claim: %v, want Active from the pool", v)
 	}
 	file := endpointURL(t, v, "/files/data/n")
-	if status, _ := fetch(t, http.MethodPut, file, "42"); status/100 != 2 {
+	if status, _ := fetch(t, http.MethodPut, file, "42", nil); status/100 != 2 {
 		t.Fatalf("PUT %s: %d", file, status)
 	}
 	if v := call(http.MethodPost, "/api/v1/tenants/alice/release", `{"workload":"demo"}`, http.StatusOK); v["phase"] != "Released" {
@@ -597,7 +568,7 @@ func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, nam
 	if v["phase"] != "Active" || (v["source"] != "pool+data" && v["source"] != "cold+data") {
 		t.Fatalf("second claim: %v, want Active with alice's data", v)
 	}
-	if status, body := fetch(t, http.MethodGet, endpointURL(t, v, "/files/data/n"), ""); status != http.StatusOK || body != "42" {
+	if status, body := fetch(t, http.MethodGet, endpointURL(t, v, "/files/data/n"), "", nil); status != http.StatusOK || body != "42" {
 		t.Fatalf("alice's data after the restore: %d %q, want 200 \"42\"", status, body)
 	}
 	if v := call(http.MethodPost, "/api/v1/tenants/alice/release", `{"workload":"demo"}`, http.StatusOK); v["phase"] != "Released" {
@@ -610,50 +581,36 @@ func claimThrough(ctx context.Context, t *testing.T, plane *localkube.Plane, nam
 		t.Fatal(err)
 	}
 	key := client.ObjectKeyFromObject(bhc)
-	for deadline := time.Now().Add(2 * time.Minute); bhc.Status.Phase != v1alpha1.ClaimActive || bhc.Status.Endpoint == nil; time.Sleep(300 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("BoilerhouseClaim %s not Active within 2m: %+v", key, bhc.Status)
-		}
+	eventually(t, "BoilerhouseClaim "+key.String()+" Active", 2*time.Minute, func() (bool, any) {
 		if err := plane.Client.Get(ctx, key, bhc); err != nil {
 			t.Fatal(err)
 		}
-	}
+		return bhc.Status.Phase == v1alpha1.ClaimActive && bhc.Status.Endpoint != nil, bhc.Status
+	})
 	if err := plane.Client.Delete(ctx, bhc); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(300 * time.Millisecond) {
+	eventually(t, "BoilerhouseClaim "+key.String()+" gone after its deletion", 2*time.Minute, func() (bool, any) {
 		err := plane.Client.Get(ctx, key, bhc)
-		if apierrors.IsNotFound(err) {
-			break
-		}
-		if err != nil {
+		if err != nil && !apierrors.IsNotFound(err) {
 			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("BoilerhouseClaim %s still there 2m after its deletion: %+v", key, bhc.Status)
-		}
-	}
+		return apierrors.IsNotFound(err), bhc.Status
+	})
 
 	// A cold boot of a workload without a pool, left unused: the idle-reaper releases it.
-	call(http.MethodPost, "/api/v1/workloads", `{"name":"sleepy","spec":{"version":"1","image":{"ref":"boilerhouse/demo:1"},
-		"resources":{"vcpus":1,"memoryMb":64,"diskGb":0},"network":{"expose":[{"guest":8080}]},
-		"health":{"intervalSeconds":1,"unhealthyThreshold":3,"httpGet":{"path":"/health","port":8080}},
-		"idle":{"timeoutSeconds":2,"action":"destroy"}}}`, http.StatusCreated)
+	call(http.MethodPost, "/api/v1/workloads", workload("sleepy", `"idle":{"timeoutSeconds":2,"action":"destroy"}`), http.StatusCreated)
 	if v := call(http.MethodPost, "/api/v1/tenants/carol/claim", `{"workload":"sleepy"}`, http.StatusCreated); v["source"] != "cold" {
 		t.Fatalf("claim of a workload without a pool: %v, want a cold boot", v)
 	}
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(300 * time.Millisecond) {
+	eventually(t, "carol's idle claim released by the idle-reaper", time.Minute, func() (bool, any) {
 		claims, _ := call(http.MethodGet, "/api/v1/tenants/carol", "", http.StatusOK)["claims"].([]any)
-		if len(claims) == 1 {
-			c := claims[0].(map[string]any)
-			if c["phase"] == "Released" && strings.Contains(fmt.Sprint(c["detail"]), "idle") {
-				break
-			}
+		if len(claims) != 1 {
+			return false, claims
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("carol's idle claim not released by the idle-reaper within 1m: %v", claims)
-		}
-	}
+		c := claims[0].(map[string]any)
+		return c["phase"] == "Released" && strings.Contains(fmt.Sprint(c["detail"]), "idle"), claims
+	})
 }
 
 // endpointURL is path on the endpoint of claim view v.
@@ -666,13 +623,14 @@ func endpointURL(t *testing.T, v map[string]any, path string) string {
 	return fmt.Sprintf("http://%v:%v%s", ep["host"], ep["port"], path)
 }
 
-// fetch makes a request of an instance and answers its status and body.
-func fetch(t *testing.T, method, url, body string) (int, string) {
+// fetch makes a request with header and answers its status and body.
+func fetch(t *testing.T, method, url, body string, header http.Header) (int, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
+	maps.Copy(req.Header, header)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
@@ -683,4 +641,21 @@ func fetch(t *testing.T, method, url, body string) (int, string) {
 		t.Fatal(err)
 	}
 	return resp.StatusCode, string(b)
+}
+
+// eventually calls cond every 200 ms until it reports done; after within, the test fails with
+// what and cond's last state.
+func eventually(t *testing.T, what string, within time.Duration, cond func() (done bool, state any)) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		done, state := cond()
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s (%v)", what, within, state)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

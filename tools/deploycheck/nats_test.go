@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -28,22 +27,11 @@ import (
 // across its leader elections, as the services retry), and every acknowledged write must be
 // there once it is back.
 func TestNATSClusterFromDeployConfig(t *testing.T) {
-	cl := startNATSCluster(t)
+	cl := startNATSCluster(t) // provisioned with three replicas
 	const n = natsServers
-	nc, err := natsx.Connect(cl.url())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := connect(t, cl.url())
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := natsx.Provision(ctx, js, natsx.ProvisionConfig{Replicas: n}); err != nil {
-		t.Fatal(err)
-	}
 	names := js.StreamNames(ctx)
 	for name := range names.Name() {
 		s, err := js.Stream(ctx, name)
@@ -114,12 +102,7 @@ func TestNATSClusterFromDeployConfig(t *testing.T) {
 
 	// The last acknowledged writes, read through clients of each server (the restarted one too).
 	for i, u := range cl.urls {
-		c, err := nats.Connect(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cjs, _ := jetstream.New(c)
-		ckv, err := cjs.KeyValue(ctx, messages.BucketClaims)
+		ckv, err := connect(t, u).KeyValue(ctx, messages.BucketClaims)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -135,7 +118,6 @@ func TestNATSClusterFromDeployConfig(t *testing.T) {
 				t.Errorf("through nats-%d: %s = %v, want revision %d of round 3 (%v)", i, key, got, rev, err)
 			}
 		}
-		c.Close()
 	}
 }
 
@@ -230,15 +212,7 @@ func startNATSCluster(t *testing.T) *natsCluster {
 
 	// The meta leader comes some time after the servers start. Until then the JetStream API
 	// does not answer: each attempt gets a few seconds.
-	nc, err := natsx.Connect(cl.url())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := connect(t, cl.url())
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err := natsx.Provision(ctx, js, natsx.ProvisionConfig{Replicas: natsServers})
@@ -284,4 +258,19 @@ func (cl *natsCluster) stop(t *testing.T, i int) {
 	cl.srvs[i].Shutdown()
 	cl.srvs[i].WaitForShutdown()
 	cl.srvs[i] = nil
+}
+
+// connect is JetStream through a client of url, closed when the test ends.
+func connect(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := natsx.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }
